@@ -1,0 +1,4 @@
+"""`python -m digitnet` runs the command-line interface."""
+from digitnet.cli import main
+
+raise SystemExit(main())

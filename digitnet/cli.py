@@ -1,0 +1,188 @@
+"""The `digitnet` command: one subcommand per action, each a thin layer over the Python API.
+
+    digitnet train [--recipe seed|fast] [--epochs N] [--batch-size N] ...   train and write runs/<name>/
+    digitnet evaluate RUN                                                  test metrics and plots
+    digitnet summary [--model seed]                                        layers, shapes, parameters
+    digitnet data show|verify|locate|download [NAME]                       datasets
+
+Every TrainConfig field is a flag of `train` (batch_size -> --batch-size). Errors a user can fix
+print `digitnet: error: ...` and exit 1; anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import sys
+
+from digitnet.errors import DigitnetError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, plus "did you mean" for a mistyped flag."""
+
+    def error(self, message):
+        if message.startswith("unrecognized arguments:"):
+            known = sorted({s for p in _all_parsers(self) for a in p._actions for s in a.option_strings})
+            hints = []
+            for arg in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(arg.split("=")[0], known, n=2)
+                if close:
+                    hints.append(f"{arg}: did you mean {' or '.join(close)}?")
+            if hints:
+                message += " (" + "; ".join(hints) + ")"
+        super().error(message)
+
+
+def _all_parsers(parser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _all_parsers(sub)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, with its type, default and help from the dataclass."""
+    from digitnet.config import TrainConfig
+
+    hints = {"int": int, "float": float, "str": str, "str | None": str, "bool": bool}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "recipe":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.type if isinstance(f.type, str) else f.type.__name__]
+        help_text = f"{f.metadata['help']} (default: {f.default})"
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, default=None, metavar=f.name.upper(), help=help_text)
+
+
+def build_parser() -> Parser:
+    from digitnet import __version__
+    from digitnet.config import RECIPES
+    from digitnet.data import DATASETS
+
+    parser = Parser(prog="digitnet", description="Handwritten-digit recognition with a CNN.")
+    parser.add_argument("--version", action="version", version=f"digitnet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a network and write a run directory")
+    p.add_argument("--recipe", default="seed", choices=list(RECIPES),
+                   help="starting set of values; flags override it (default: seed, the notebook)")
+    add_config_flags(p)
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--quiet", action="store_true", help="print nothing while training")
+    out.add_argument("--jsonl", action="store_true", help="print one JSON object per event, for scripts")
+    p.add_argument("--no-plots", action="store_true", help="skip the evaluation and plots at the end")
+
+    p = sub.add_parser("evaluate", help="test metrics, confusion matrix and plots of a run")
+    p.add_argument("run", help="run directory (runs/<name>)")
+    p.add_argument("--data-dir", help="folder with the dataset's IDX files")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--limit", type=int, default=0, help="score only the first N test images")
+    p.add_argument("--no-plots", action="store_true", help="do not write plots")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    p = sub.add_parser("summary", help="layers, output shapes, parameters and multiply-adds")
+    p.add_argument("model", nargs="?", default="seed", help="model name or run directory (default: seed)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+
+    p = sub.add_parser("data", help="show, verify, locate or download datasets")
+    p.add_argument("action", choices=["show", "verify", "locate", "download"])
+    p.add_argument("name", nargs="?", default="mnist", choices=list(DATASETS))
+    p.add_argument("--data-dir", help="look here instead of the usual places")
+    p.add_argument("--dest", help="download: folder to write to (default: the user cache)")
+    p.add_argument("--mirror", action="append", help="download: base URL to try (repeatable, in order)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def cmd_train(args) -> int:
+    import digitnet
+    from digitnet.config import field_names
+
+    settings = {k: getattr(args, k) for k in field_names() if k != "recipe" and getattr(args, k, None) is not None}
+    log = "quiet" if args.quiet else "jsonl" if args.jsonl else "bar"
+    run = digitnet.train(recipe=args.recipe, log=log, plots=not args.no_plots, **settings)
+    if log == "bar" and "test_accuracy" in run.metrics:
+        print(f"test accuracy {run.metrics['test_accuracy']:.4f}; plots in {run.run_dir / 'plots'}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from digitnet.evaluate import evaluate_run, format_report
+
+    result = evaluate_run(args.run, args.data_dir, args.device, args.limit, plots=not args.no_plots)
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from pathlib import Path
+
+    from digitnet.model import build_model, format_summary, load_model, summarize
+
+    if Path(args.model).is_dir():
+        model, meta = load_model(args.model)
+        title = f"{meta['architecture']['name']} ({args.model})"
+    else:
+        model, title = build_model(args.model), args.model
+    print(json.dumps(summarize(model), indent=2) if args.json else format_summary(model, title))
+    return 0
+
+
+def cmd_data(args) -> int:
+    from digitnet import data
+
+    if args.action == "download":
+        folder = data.download(args.name, args.dest, args.mirror)
+        print(f"{args.name}: downloaded and verified in {folder}")
+        return 0
+    if args.action == "locate":
+        print(data.locate(args.name, args.data_dir))
+        return 0
+    if args.action == "verify":
+        rows = data.verify(args.name, args.data_dir)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        for row in rows if not args.json else []:
+            print(f"ok  {row['file']}  {tuple(row['shape'])}  sha256 {row['sha256'][:16]}...")
+        return 0
+    spec = data.get_spec(args.name)
+    places = []
+    for label, folder in data.candidate_dirs(args.name, args.data_dir):
+        present = all(data.file_in(folder, base) for base, _ in spec.files.values())
+        places.append({"where": label, "folder": str(folder), "complete": present})
+    info = {"name": spec.name, "classes": list(spec.class_names), "files": data.checksums(args.name),
+            "lookup_order": places, "mirrors": list(spec.mirrors)}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{spec.name}: classes {', '.join(spec.class_names)}")
+    print("files (SHA-256 of the uncompressed content):")
+    for base, sha in info["files"].items():
+        print(f"  {base:<26} {sha}")
+    print("lookup order (the first complete folder is used):")
+    for p in places:
+        print(f"  [{'x' if p['complete'] else ' '}] {p['where']:<22} {p['folder']}")
+    print("mirrors for `digitnet data download`: " + ", ".join(spec.mirrors))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "summary": cmd_summary, "data": cmd_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except DigitnetError as e:
+        print(f"digitnet: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("digitnet: interrupted", file=sys.stderr)
+        return 130
