@@ -217,6 +217,13 @@ def save_model(run_dir: str | Path, model: nn.Module, meta: dict) -> Path:
     return run_dir
 
 
+def update_meta(run_dir: str | Path, **entries) -> dict:
+    """Set top-level entries of model.json (e.g. calibration), atomically; the weights stay untouched."""
+    meta = {**read_meta(run_dir), **entries}
+    atomic_write_json(Path(run_dir) / META_FILE, meta)
+    return meta
+
+
 def read_meta(run_dir: str | Path) -> dict:
     path = Path(run_dir) / META_FILE
     if not Path(run_dir).is_dir():
