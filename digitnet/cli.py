@@ -97,6 +97,14 @@ def build_parser() -> Parser:
     p.add_argument("--dest", help="download: folder to write to (default: the user cache)")
     p.add_argument("--mirror", action="append", help="download: base URL to try (repeatable, in order)")
     p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("explain", help="one picture of what the network did with one image")
+    p.add_argument("image", help="image file (PNG, JPEG, ...): a photo, scan or drawing of one digit")
+    p.add_argument("--model", help="run directory (default: the model shipped with digitnet)")
+    p.add_argument("--out", required=True, help="PNG to write: input, 28x28 seen, feature maps, "
+                   "probabilities, saliency")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON (probabilities, "
+                   "layer shapes and statistics, saliency)")
     return parser
 
 
@@ -172,7 +180,16 @@ def cmd_data(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "summary": cmd_summary, "data": cmd_data}
+def cmd_explain(args) -> int:
+    from digitnet.explain import explain, format_report
+
+    report = explain(args.image, args.model, args.out)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "summary": cmd_summary, "data": cmd_data,
+            "explain": cmd_explain}
 
 
 def main(argv: list[str] | None = None) -> int:
