@@ -1,7 +1,39 @@
-"""Images -> MNIST-like 28x28 arrays, and the single pixel-scaling function every path uses."""
+"""Images -> MNIST-like 28x28 arrays, and the single pixel-scaling function every path uses.
+
+A photo of a digit is turned into what MNIST was made of, in three steps:
+
+    load_image(path or bytes)   safe opening: bad files, bombs and animations raise DigitnetError
+    ink_map(image)              float32 (H, W) in [0, 1], white ink on black: polarity decided,
+                                background and uneven light divided out, ruled lines removed
+    ink_to_mnist(ink)           uint8 (28, 28): crop to the ink, fit 20x20 keeping the aspect ratio,
+                                anti-aliased, centred by centre of mass (as MNIST was made)
+
+`to_mnist(image)` runs the last two. Images that already look like MNIST pass essentially unchanged.
+"""
 from __future__ import annotations
 
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
 import torch
+from PIL import Image, ImageOps
+from scipy import ndimage
+
+from digitnet.errors import DigitnetError
+
+# Refuse images at or above this side or pixel count before decoding: a 20000x20000 PNG is a few KB
+# on disk but 400 M pixels (1.2 GB as RGB) once decoded.
+MAX_SIDE = 20000
+MAX_PIXELS = 40_000_000
+# Larger images are reduced to this longest side before any analysis: digits need far fewer pixels,
+# and it bounds time and memory per image.
+WORK_SIDE = 1200
+# Pixel classes of an ink map (values in [0, 1]).
+INK_LEVEL = 0.2  # above this a pixel counts as ink when cropping and finding components
+MNIST_BOX = 20  # MNIST digits fit a 20x20 box ...
+MNIST_CENTRE = 14.0  # ... whose centre of mass sits at (14, 14): the MNIST test set's mean is 13.99, 14.01
 
 
 def scale_pixels(x: torch.Tensor) -> torch.Tensor:
@@ -13,38 +45,307 @@ def scale_pixels(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32).div_(255.0)
 
 
-def to_mnist(image) -> "np.ndarray":
-    """Any image (PIL or array) -> uint8 (28, 28), white ink on black, the digit centred.
+# ---------------------------------------------------------------------------------------------
+# Opening files safely
 
-    A plain version: grey, invert dark-on-light, crop to the ink, fit 20x20, centre by mass.
-    """
-    import numpy as np
-    from PIL import Image, ImageOps
 
-    from digitnet.errors import DigitnetError
+def load_image(source: str | Path | bytes) -> Image.Image:
+    """Open an image file or bytes, checking size before decoding; EXIF rotation applied."""
+    name = "image data" if isinstance(source, (bytes, bytearray)) else str(source)
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise DigitnetError("image data is empty (0 bytes)")
+        fp = io.BytesIO(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise DigitnetError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+        if path.stat().st_size == 0:
+            raise DigitnetError(f"{path}: the file is empty (0 bytes)")
+        fp = path
+    with warnings.catch_warnings():
+        # Pillow's own bomb check only warns below 2x its limit; ours below is stricter.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(fp) as im:
+                check_header(im, name)
+                im.load()
+                image = ImageOps.exif_transpose(im)
+                image = image.copy() if image is im else image
+        except DigitnetError:
+            raise
+        except Image.DecompressionBombError:
+            raise DigitnetError(f"{name}: too many pixels (decompression bomb?); the limit is "
+                                f"{MAX_PIXELS:,} pixels") from None
+        except Image.UnidentifiedImageError:
+            raise DigitnetError(f"{name}: not an image Pillow can read (try PNG or JPEG)") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            raise DigitnetError(f"{name}: broken or truncated image ({e})") from None
+    return image
 
+
+def check_header(im: Image.Image, name: str) -> None:
+    """Refuse what the header already shows to be unusable, before any pixel is decoded."""
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise DigitnetError(f"{name}: the image has zero size ({w}x{h})")
+    if w >= MAX_SIDE or h >= MAX_SIDE or w * h > MAX_PIXELS:
+        raise DigitnetError(f"{name}: {w}x{h} is too large (decompression bomb?); the limit is "
+                            f"{MAX_PIXELS:,} pixels and sides under {MAX_SIDE}")
+    if getattr(im, "n_frames", 1) > 1:
+        raise DigitnetError(f"{name}: an animated or multi-frame image ({im.n_frames} frames); "
+                            f"save one frame as PNG or JPEG")
+
+
+# ---------------------------------------------------------------------------------------------
+# Grey levels from any mode
+
+
+def to_grey(image) -> np.ndarray:
+    """Any PIL image or array -> float32 (H, W) brightness in [0, 1] (transparent parts read as white)."""
     if isinstance(image, np.ndarray):
-        image = Image.fromarray(image.astype(np.uint8) if image.dtype != np.uint8 else image)
+        return array_grey(image)
     if not isinstance(image, Image.Image):
         raise DigitnetError(f"expected a PIL image or a NumPy array, got {type(image).__name__}")
-    grey = np.asarray(ImageOps.exif_transpose(image).convert("L"), dtype=np.float32)
-    if np.median(grey) > 127:  # dark ink on light paper
-        grey = 255 - grey
-    grey = np.clip(grey - np.median(grey), 0, None)
-    if grey.max() <= 0:
-        raise DigitnetError("no ink found in the image (it is blank)")
-    ys, xs = np.nonzero(grey > grey.max() * 0.2)
-    crop = grey[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    if image.width == 0 or image.height == 0:
+        raise DigitnetError(f"the image has zero size ({image.width}x{image.height})")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(image, dtype=np.float64)
+        top = 255.0 if a.max() <= 255 else 65535.0 if a.max() <= 65535 else a.max()
+        return np.clip(a / top, 0, 1).astype(np.float32)
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
+    if not has_alpha:
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+    alpha = rgba[..., 3]
+    grey = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
+    on_white = grey * alpha + (1 - alpha)
+    # Strokes drawn only in the alpha channel (white or any colour on transparent) vanish on white;
+    # then the alpha channel itself is the ink.
+    if np.ptp(on_white) < 0.05 and np.ptp(alpha) > 0.2:
+        return 1 - alpha
+    return on_white
+
+
+def array_grey(a: np.ndarray) -> np.ndarray:
+    """A NumPy image (H, W), (H, W, 3) or (H, W, 4) of uint8, uint16 or float -> float32 [0, 1]."""
+    if a.ndim == 3 and a.shape[2] in (3, 4):
+        mode = "RGBA" if a.shape[2] == 4 else "RGB"
+        return to_grey(Image.fromarray(np.ascontiguousarray(a.astype(np.uint8) if a.dtype != np.uint8 else a), mode))
+    if a.ndim != 2 or a.size == 0:
+        raise DigitnetError(f"expected an image array (H, W) or (H, W, 3|4), got shape {a.shape}")
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    if a.dtype == np.uint16:
+        return a.astype(np.float32) / 65535.0
+    a = np.nan_to_num(a.astype(np.float32))
+    return np.clip(a / 255.0 if a.max() > 1.0 else a, 0, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The ink map
+
+
+def ink_map(image) -> np.ndarray:
+    """Any image -> float32 (H', W') in [0, 1], white ink on black, background and lines removed.
+
+    Images with a side over WORK_SIDE are reduced first, so H', W' may be smaller than the input;
+    scale boxes by image size / ink size to map back.
+    """
+    grey = reduce(to_grey(image))
+    if not dark_ink(grey):
+        grey = 1 - grey  # chalk on a board: make it dark ink on light, one path for both
+    bg = background(grey)
+    ink = np.clip((bg - grey) / np.maximum(bg, 0.05), 0, 1)  # division undoes shadows and uneven light
+    if min(ink.shape) >= 48:
+        ink = remove_lines(ink)
+    return normalise(ink)
+
+
+def reduce(grey: np.ndarray) -> np.ndarray:
+    """Area-average images larger than WORK_SIDE down to it."""
+    h, w = grey.shape
+    if max(h, w) <= WORK_SIDE:
+        return grey
+    s = WORK_SIDE / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return np.asarray(Image.fromarray(grey, "F").resize(size, Image.BOX), dtype=np.float32)
+
+
+def small_copy(a: np.ndarray, side: int) -> np.ndarray:
+    """Area-averaged copy with longest side `side` (the array itself if already smaller)."""
+    h, w = a.shape
+    if max(h, w) <= side:
+        return a
+    s = side / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return np.asarray(Image.fromarray(a.astype(np.float32), "F").resize(size, Image.BOX), dtype=np.float32)
+
+
+def dark_ink(grey: np.ndarray) -> bool:
+    """True for dark ink on light paper: the larger excess beyond the noise lies on the dark side."""
+    s = small_copy(grey, 256)
+    k = max(3, int(0.4 * min(s.shape)) | 1)
+    res = s - ndimage.median_filter(s, size=k, mode="reflect") if min(s.shape) >= 48 else s - np.median(s)
+    sigma = 1.4826 * np.median(np.abs(res - np.median(res))) + 1e-3
+    dark = np.clip(-res - 3 * sigma, 0, None).sum()
+    light = np.clip(res - 3 * sigma, 0, None).sum()
+    return bool(dark >= light)
+
+
+def background(grey: np.ndarray) -> np.ndarray:
+    """Paper brightness at every pixel, for dark ink: a high local percentile over a wide window.
+
+    The window is 40% of the short side, wider than strokes, so the percentile sees paper even in
+    a dense digit; smoothing keeps texture out. Small images (MNIST-sized) get one global level.
+    """
+    h, w = grey.shape
+    if min(h, w) < 64:
+        return np.full_like(grey, max(float(np.percentile(grey, 90)), 1e-3))
+    s = small_copy(grey, 96)
+    k = max(3, int(0.4 * min(s.shape)))
+    bg = ndimage.percentile_filter(s, 85, size=k, mode="reflect")
+    bg = ndimage.gaussian_filter(bg, k / 4, mode="nearest")
+    return np.asarray(Image.fromarray(bg, "F").resize((w, h), Image.BILINEAR), dtype=np.float32)
+
+
+def remove_lines(ink: np.ndarray) -> np.ndarray:
+    """Subtract ruled or squared notebook lines: thin straight ink running across most of the image.
+
+    The page may be rotated, so the lines' angle is found first (the one giving the sharpest row
+    profile). A long 1-D opening then keeps only straight runs longer than 70% of the image, which no
+    digit stroke is; a set is removed only if at least two parallel lines are found.
+    """
+    angle = line_angle(ink)
+    out = ink
+    for axis in (0, 1):  # 0: horizontal lines (runs along x), 1: vertical lines
+        rot = ndimage.rotate(out, angle, reshape=False, order=1) if angle else out
+        run = int(0.7 * rot.shape[1 - axis])
+        thick = ndimage.maximum_filter1d(rot, 3, axis=axis)  # tolerate a pixel of waviness
+        lines = ndimage.maximum_filter1d(ndimage.minimum_filter1d(thick, run, axis=1 - axis), run, axis=1 - axis)
+        profile = lines.mean(axis=1 - axis)
+        peaks = ndimage.label(profile > 0.15)[1]
+        if peaks < 2:
+            continue
+        if angle:
+            lines = ndimage.rotate(lines, -angle, reshape=False, order=1)
+        out = np.clip(out - np.minimum(lines, out), 0, 1)
+    return out
+
+
+def line_angle(ink: np.ndarray) -> float:
+    """Rotation (degrees) that makes notebook lines horizontal, searched over +-10 degrees."""
+    s = small_copy(ink, 256)
+
+    def sharpness(angle: float) -> float:
+        rot = ndimage.rotate(s, angle, reshape=False, order=1)
+        return float((np.diff(rot.sum(1)) ** 2).sum() + (np.diff(rot.sum(0)) ** 2).sum())
+
+    coarse = max(np.arange(-10, 10.5, 1.0), key=sharpness)
+    return float(max(np.arange(coarse - 0.75, coarse + 0.8, 0.25), key=sharpness))
+
+
+def normalise(ink: np.ndarray) -> np.ndarray:
+    """Soft threshold above the noise and stretch so strong ink reaches 1; specks and borders dropped."""
+    sigma = 1.4826 * float(np.median(np.abs(ink - np.median(ink))))
+    strong = ink[ink > max(4 * sigma, 0.05)]
+    if strong.size == 0:
+        return np.zeros_like(ink, dtype=np.float32)
+    peak = float(np.percentile(strong, 90))
+    low = max(4 * sigma, 0.06 * peak)
+    ink = np.clip((ink - low) / max(peak - low, 1e-6), 0, 1).astype(np.float32)
+    return drop_specks_and_borders(ink)
+
+
+def drop_specks_and_borders(ink: np.ndarray) -> np.ndarray:
+    """Zero tiny components and ones lying along an image edge (paper edges, frame shadows)."""
+    labels, n = ndimage.label(ink > INK_LEVEL, structure=np.ones((3, 3)))
+    if n == 0:
+        return np.zeros_like(ink)
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = areas >= max(3, 0.005 * areas[1:].max())
+    keep[0] = False
+    h, w = ink.shape
+    for edge, length in ((labels[0], w), (labels[-1], w), (labels[:, 0], h), (labels[:, -1], h)):
+        along = np.bincount(edge, minlength=n + 1)
+        keep &= along <= 0.35 * length
+    keep[0] = True  # background pixels below INK_LEVEL keep their faint anti-aliased values ...
+    mask = keep[labels]
+    # ... unless they only fringe a dropped component.
+    dropped = ndimage.binary_dilation(~mask & (labels > 0), iterations=2)
+    return np.where(mask & ~(dropped & (labels == 0)), ink, 0).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ink map -> MNIST
+
+
+def ink_to_mnist(ink: np.ndarray) -> np.ndarray:
+    """Crop to the ink, fit 20x20 keeping aspect, anti-alias, centre by mass in 28x28 -> uint8."""
+    ink = np.asarray(ink, dtype=np.float32)
+    labels, n = ndimage.label(ink > INK_LEVEL, structure=np.ones((3, 3)))
+    if n == 0:
+        raise DigitnetError("no digit found in the image (it looks blank)")
+    mass = ndimage.sum(ink, labels, index=np.arange(1, n + 1))
+    boxes = ndimage.find_objects(labels)
+    # The digit: big components plus small pieces near them (a broken stroke, a 5's detached bar);
+    # far-away specks would otherwise stretch the crop.
+    main = [i for i in range(n) if mass[i] >= 0.15 * mass.max()]
+    y0, y1, x0, x1 = bounds([boxes[i] for i in main])
+    my, mx = 0.25 * (y1 - y0) + 2, 0.25 * (x1 - x0) + 2
+    parts = [i for i in range(n) if i in main or (boxes[i][0].start >= y0 - my and boxes[i][0].stop <= y1 + my
+                                                   and boxes[i][1].start >= x0 - mx and boxes[i][1].stop <= x1 + mx)]
+    y0, y1, x0, x1 = bounds([boxes[i] for i in parts])
+    grown = ndimage.binary_dilation(np.isin(labels, np.array(parts) + 1), iterations=2)
+    crop = np.where(grown, ink, 0)[y0:y1, x0:x1]
+    if mass.sum() < 2.0:
+        raise DigitnetError("no digit found in the image (only a few faint specks)")
+    return place_in_28(thicken(crop))
+
+
+def bounds(boxes) -> tuple[int, int, int, int]:
+    return (min(b[0].start for b in boxes), max(b[0].stop for b in boxes),
+            min(b[1].start for b in boxes), max(b[1].stop for b in boxes))
+
+
+def thicken(crop: np.ndarray) -> np.ndarray:
+    """Widen hairline strokes so they are about 2 pixels wide at MNIST scale, as MNIST's pens were."""
     h, w = crop.shape
-    scale = 20.0 / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small = np.asarray(Image.fromarray(crop / crop.max() * 255).convert("L").resize(size, Image.LANCZOS),
-                       dtype=np.float32)
+    scale = MNIST_BOX / max(h, w)
+    mask = crop > INK_LEVEL
+    width = 4 * float(ndimage.distance_transform_edt(mask)[mask].mean()) - 1  # a strip of width w: mean w/4
+    want = 1.6 / scale  # pixels in the crop that become 1.6 MNIST pixels
+    if width >= want:
+        return crop
+    k = int(round(want - width))
+    return ndimage.grey_dilation(crop, footprint=disk(k)) if k >= 1 else crop
+
+
+def disk(k: int) -> np.ndarray:
+    r = k / 2
+    yy, xx = np.mgrid[:k + 1, :k + 1] - r
+    return (yy ** 2 + xx ** 2) <= r ** 2 + 0.5
+
+
+def place_in_28(crop: np.ndarray) -> np.ndarray:
+    """Resize the crop to fit 20x20 (anti-aliased) and put its centre of mass at (14, 14)."""
+    h, w = crop.shape
+    scale = MNIST_BOX / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # PIL order: (width, height)
+    small = np.asarray(Image.fromarray(crop.astype(np.float32), "F").resize(size, Image.LANCZOS), dtype=np.float32)
+    small = np.clip(small, 0, None)
+    if small.max() <= 0:
+        raise DigitnetError("no digit found in the image (the ink is too faint)")
+    small /= small.max()
+    sh, sw = small.shape
+    cy, cx = ndimage.center_of_mass(small)
+    top = int(np.clip(round(MNIST_CENTRE - cy), 0, 28 - sh))
+    left = int(np.clip(round(MNIST_CENTRE - cx), 0, 28 - sw))
     canvas = np.zeros((28, 28), np.float32)
-    top, left = (28 - size[1]) // 2, (28 - size[0]) // 2
-    canvas[top:top + size[1], left:left + size[0]] = small
-    total = canvas.sum()
-    cy = (canvas.sum(1) * np.arange(28)).sum() / total
-    cx = (canvas.sum(0) * np.arange(28)).sum() / total
-    canvas = np.roll(canvas, (round(13.5 - cy), round(13.5 - cx)), axis=(0, 1))
-    return np.clip(canvas, 0, 255).astype(np.uint8)
+    canvas[top:top + sh, left:left + sw] = small
+    return np.round(canvas * 255).astype(np.uint8)
+
+
+def to_mnist(image) -> np.ndarray:
+    """Any image (PIL or array) -> uint8 (28, 28), white ink on black, the digit centred by mass."""
+    return ink_to_mnist(ink_map(image))
