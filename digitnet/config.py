@@ -32,6 +32,7 @@ class TrainConfig:
     schedule: str = _f("constant", "learning-rate schedule: constant or onecycle")
     warmup: float = _f(0.3, "onecycle: fraction of steps spent warming up")
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing; 0 is the notebook's loss")
+    augment: str = _f("none", "training-time distortion: none, affine, elastic or affine+elastic")
     # Validation: the notebook validates on the test set after every epoch; val_size > 0 instead
     # holds a seeded random part of the training set out, so nothing is chosen on the test set.
     val_size: int = _f(0, "training images held out for validation (0: validate on the test set)")
@@ -101,6 +102,8 @@ def validate(cfg: TrainConfig) -> None:
         raise DigitnetError(f"schedule must be constant or onecycle, got {cfg.schedule!r}")
     if not 0 < cfg.warmup < 1:
         raise DigitnetError(f"warmup must be between 0 and 1, got {cfg.warmup}")
+    if cfg.augment not in ("none", "affine", "elastic", "affine+elastic"):
+        raise DigitnetError(f"augment must be none, affine, elastic or affine+elastic, got {cfg.augment!r}")
     if cfg.precision not in ("auto", "fp32", "bf16"):
         raise DigitnetError(f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
 

@@ -1,0 +1,112 @@
+"""Training-time augmentation on whole batches: random affine maps and elastic distortion.
+
+Every image in a batch gets its own random transform, yet no Python runs per sample: the affine
+matrices (B, 2, 3) and the displacement fields (B, 2, H, W) are drawn as tensors, combined into one
+sampling grid, and F.grid_sample resamples the batch in a single call. Randomness comes only from the
+torch.Generator passed in, so a run with the same seed sees the same distorted images.
+
+    x = scale_pixels(uint8).unsqueeze(1)                # (B, 1, 28, 28) float32 in [0, 1]
+    x = augment_batch(x, "affine+elastic", generator)   # same shape, dtype and range
+
+Defaults follow the published recipes that reach 99.6-99.7% with plain CNNs: rotation +-10 degrees,
+zoom +-10%, shifts of +-10% of the side (Keras ImageDataGenerator settings used by the well-known
+Kaggle MNIST committees), plus a mild shear; elastic distortion as Simard et al. (2003), "Best
+practices for convolutional neural networks applied to visual document analysis": a uniform random
+field in [-1, 1] smoothed by a Gaussian of sigma 4 pixels and scaled by alpha 34 pixels.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from digitnet.errors import DigitnetError
+
+MODES = ("none", "affine", "elastic", "affine+elastic")
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    rotation: float = 10.0     # degrees, uniform in [-rotation, rotation]
+    scale: float = 0.10        # zoom factor uniform in [1 - scale, 1 + scale]
+    translate: float = 0.10    # shift as a fraction of the side (0.1 of 28 px = 2.8 px)
+    shear: float = 0.15        # x-shear factor uniform in [-shear, shear] (0.15 is about 8.5 degrees)
+    alpha: float = 34.0        # elastic: displacement scale in pixels (Simard et al. 2003)
+    sigma: float = 4.0         # elastic: Gaussian smoothing of the random field, in pixels
+
+
+DEFAULT = AugmentSettings()
+NONE = AugmentSettings(rotation=0.0, scale=0.0, translate=0.0, shear=0.0, alpha=0.0)
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise DigitnetError(f"augment must be one of {', '.join(MODES)}; got {mode!r}")
+
+
+def _uniform(shape, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    """Uniform samples on the generator's device (CPU), so results do not depend on the training device."""
+    return torch.rand(shape, generator=generator) * (high - low) + low
+
+
+def affine_matrices(batch: int, settings: AugmentSettings, generator: torch.Generator) -> torch.Tensor:
+    """(B, 2, 3) matrices mapping output coordinates to input coordinates, in grid_sample's [-1, 1] units."""
+    angle = _uniform(batch, -settings.rotation, settings.rotation, generator) * (math.pi / 180)
+    zoom = _uniform(batch, 1 - settings.scale, 1 + settings.scale, generator)
+    shear = _uniform(batch, -settings.shear, settings.shear, generator)
+    shift = _uniform((batch, 2), -settings.translate, settings.translate, generator) * 2  # side = 2 units
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # Forward map: rotate @ shear @ zoom. grid_sample needs the inverse (where each output pixel
+    # samples from), so the matrix is built for a random inverse directly; the distributions are
+    # symmetric, so sampling the inverse is as good as sampling the forward map.
+    rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (B, 2, 2)
+    shr = torch.eye(2).repeat(batch, 1, 1)
+    shr[:, 0, 1] = shear
+    linear = rot @ shr / zoom.view(-1, 1, 1)
+    return torch.cat([linear, shift.unsqueeze(-1)], dim=-1)  # (B, 2, 3)
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    return k / k.sum()
+
+
+def elastic_field(batch: int, height: int, width: int, settings: AugmentSettings,
+                  generator: torch.Generator) -> torch.Tensor:
+    """(B, H, W, 2) displacements in grid units: smoothed uniform noise, alpha pixels strong."""
+    field = _uniform((batch * 2, 1, height, width), -1.0, 1.0, generator)
+    k = _gaussian_kernel(settings.sigma)
+    pad = len(k) // 2
+    # Separable Gaussian blur as two 1-D convolutions over the whole batch of fields.
+    field = F.conv2d(F.pad(field, (pad, pad, 0, 0), mode="reflect" if pad < width else "replicate"),
+                     k.view(1, 1, 1, -1))
+    field = F.conv2d(F.pad(field, (0, 0, pad, pad), mode="reflect" if pad < height else "replicate"),
+                     k.view(1, 1, -1, 1))
+    field = field.view(batch, 2, height, width) * settings.alpha  # pixels
+    # Pixels -> grid units: the side of W pixels spans 2 units (align_corners=False).
+    scale = torch.tensor([2.0 / width, 2.0 / height]).view(1, 2, 1, 1)
+    return (field * scale).permute(0, 2, 3, 1)  # (B, H, W, 2) as (x, y)
+
+
+def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator,
+                  settings: AugmentSettings = DEFAULT) -> torch.Tensor:
+    """Randomly distort a batch (B, 1, H, W) float in [0, 1]; returns the same shape, dtype and range."""
+    check_mode(mode)
+    if mode == "none":
+        return x
+    batch, _, height, width = x.shape
+    if "affine" in mode:
+        theta = affine_matrices(batch, settings, generator)
+    else:
+        theta = torch.eye(2, 3).repeat(batch, 1, 1)
+    grid = F.affine_grid(theta, [batch, 1, height, width], align_corners=False)  # (B, H, W, 2)
+    if "elastic" in mode and settings.alpha > 0:
+        grid = grid + elastic_field(batch, height, width, settings, generator)
+    grid = grid.to(device=x.device, dtype=x.dtype)
+    # Outside the image is background: zeros (black), as MNIST's border.
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.clamp_(0.0, 1.0)  # bilinear weights keep [0, 1] already; clamp guards rounding
