@@ -14,7 +14,7 @@ from torch import nn
 
 from digitnet.errors import DigitnetError
 from digitnet.model import summarize
-from digitnet.preprocess import scale_pixels
+from digitnet.preprocess import load_image, scale_pixels
 
 # Layers whose outputs are shown as pictures; dense layers are added on request.
 MAP_TYPES = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
@@ -118,24 +118,6 @@ def saliency_stats(sal: np.ndarray, x28: np.ndarray) -> dict:
 # `digitnet explain`: the numbers for one image, and one picture of them.
 
 
-def open_image(path: str | Path):
-    """The image file as a PIL image, through preprocess's loader when it has one."""
-    from digitnet import preprocess
-
-    if hasattr(preprocess, "load_image"):
-        return preprocess.load_image(path)
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except FileNotFoundError:
-        raise DigitnetError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise DigitnetError(f"{path}: not a readable image ({e})") from None
-
-
 def layer_stats(layer: dict) -> dict:
     """Shape and activation statistics of one feature_maps() entry (no arrays: fit for JSON)."""
     maps = layer["maps"]
@@ -150,8 +132,11 @@ def layer_stats(layer: dict) -> dict:
 
 def explain_image(classifier, image) -> dict:
     """Everything `digitnet explain` shows for one PIL image or array, as arrays and numbers."""
-    x28 = classifier.prepare(image)[0]  # (28, 28) uint8, white ink on black: what the model sees
     from digitnet.model import probabilities
+    from digitnet.preprocess import to_mnist
+
+    mnist_like = isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape == (28, 28)
+    x28 = image if mnist_like else to_mnist(image)  # (28, 28) uint8, white ink on black: what the model sees
 
     layers = feature_maps(classifier.model, x28)
     sal, logits = saliency(classifier.model, x28)
@@ -242,7 +227,7 @@ def explain(image_path: str | Path, run=None, out: str | Path | None = None) -> 
 
     if out is not None and Path(out).suffix.lower() != ".png":
         raise DigitnetError(f"--out {out}: the picture is written as PNG; name it *.png")
-    image = open_image(image_path)  # before the model, so a mistyped path is named first
+    image = load_image(image_path)  # before the model, so a mistyped path is named first
     classifier = load_classifier(run)
     result = explain_image(classifier, image)
     report = {"image": str(image_path), "model": str(run) if run else "default", **result["report"]}
