@@ -16,15 +16,22 @@ from digitnet import evaluate as _evaluate_module  # noqa: E402,F401
 from digitnet import train as _train_module  # noqa: E402,F401
 
 
-def train(recipe: str = "seed", log: str = "bar", plots: bool = True, **settings):
-    """Train with a recipe plus overrides (TrainConfig field names); returns a Run with .history."""
+def train(recipe: str | None = None, log: str = "bar", plots: bool = True, resume: str | None = None,
+          **settings):
+    """Train with a recipe (default seed) plus overrides (TrainConfig field names); returns a Run with
+    .history. resume="runs/NAME" continues that run from its newest checkpoint instead."""
     from digitnet.config import make_config
     from digitnet.evaluate import evaluate_run
+    from digitnet.train import resume as resume_run
     from digitnet.train import train as train_run
 
-    cfg = make_config(recipe, **settings)
-    run = train_run(cfg, log=log)
-    if plots:
+    if resume is not None:
+        run = resume_run(resume, log=log, recipe=recipe, **settings)
+        cfg = run.config
+    else:
+        cfg = make_config(recipe or "seed", **settings)
+        run = train_run(cfg, log=log)
+    if plots and run.rank == 0:  # under torchrun only rank 0 has the files to evaluate
         result = evaluate_run(run.run_dir, cfg.data_dir, cfg.device, cfg.limit_test)
         run.metrics["test_accuracy"] = result["accuracy"]
     return run

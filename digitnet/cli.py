@@ -70,13 +70,17 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a network and write a run directory")
-    p.add_argument("--recipe", default="seed", choices=list(RECIPES),
+    p.add_argument("--recipe", default=None, choices=list(RECIPES),
                    help="starting set of values; flags override it (default: seed, the notebook)")
     add_config_flags(p)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--quiet", action="store_true", help="print nothing while training")
     out.add_argument("--jsonl", action="store_true", help="print one JSON object per event, for scripts")
     p.add_argument("--no-plots", action="store_true", help="skip the evaluation and plots at the end")
+    p.add_argument("--resume", metavar="RUN", help="continue RUN from its newest checkpoint (its config; "
+                   "flags may only repeat it, or set device/threads/data-dir)")
+    p.add_argument("--nproc", type=int, metavar="N", help="run N processes on this machine with DDP "
+                   "(starts torchrun for you; the same as torchrun --nproc_per_node N -m digitnet train)")
 
     p = sub.add_parser("evaluate", help="test metrics, confusion matrix and plots of a run")
     p.add_argument("run", help="run directory (runs/<name>)")
@@ -113,11 +117,29 @@ def cmd_train(args) -> int:
     from digitnet.config import field_names
 
     settings = {k: getattr(args, k) for k in field_names() if k != "recipe" and getattr(args, k, None) is not None}
+    if args.nproc is not None:
+        from digitnet.distributed import launch
+
+        return launch(args.nproc, train_argv(args, settings))
     log = "quiet" if args.quiet else "jsonl" if args.jsonl else "bar"
-    run = digitnet.train(recipe=args.recipe, log=log, plots=not args.no_plots, **settings)
+    run = digitnet.train(recipe=args.recipe, log=log, plots=not args.no_plots, resume=args.resume, **settings)
     if log == "bar" and "test_accuracy" in run.metrics:
         print(f"test accuracy {run.metrics['test_accuracy']:.4f}; plots in {run.run_dir / 'plots'}")
     return 0
+
+
+def train_argv(args, settings: dict) -> list[str]:
+    """The `train` flags that were given, as a command line again (for --nproc to hand to torchrun)."""
+    argv = [] if args.recipe is None else ["--recipe", args.recipe]
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        else:
+            argv += [flag, str(value)]
+    argv += [flag for flag, on in (("--quiet", args.quiet), ("--jsonl", args.jsonl),
+                                   ("--no-plots", args.no_plots)) if on]
+    return argv + (["--resume", args.resume] if args.resume else [])
 
 
 def cmd_evaluate(args) -> int:

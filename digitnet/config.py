@@ -45,6 +45,11 @@ class TrainConfig:
     channels_last: bool = _f(True, "NHWC memory layout, faster for convolutions on CPU and GPU")
     threads: int = _f(0, "CPU threads for PyTorch (0: one per physical core)")
     eval_batch_size: int = _f(1000, "images per forward pass when evaluating")
+    deterministic: bool = _f(False, "deterministic kernels only: bitwise-repeatable runs and resumes "
+                             "(set --threads too; slower on GPU)")
+    # Checkpoints in RUN/checkpoints/, for `digitnet train --resume RUN`.
+    checkpoint_every: int = _f(0, "also checkpoint every N optimizer steps (0: only at each epoch's end)")
+    keep_checkpoints: int = _f(2, "newest checkpoints kept (0: write none)")
     # Where the run goes.
     out_dir: str = _f("runs", "parent folder of run directories")
     name: str | None = _f(None, "run directory name (default: <model>-<recipe>-<timestamp>)")
@@ -91,7 +96,7 @@ def validate(cfg: TrainConfig) -> None:
     for name in positive:
         if getattr(cfg, name) < 1:
             raise DigitnetError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    for name in ["val_size", "limit_train", "limit_test", "threads"]:
+    for name in ["val_size", "limit_train", "limit_test", "threads", "checkpoint_every", "keep_checkpoints"]:
         if getattr(cfg, name) < 0:
             raise DigitnetError(f"{name} must be 0 or more, got {getattr(cfg, name)}")
     if not cfg.lr > 0:
