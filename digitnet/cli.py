@@ -109,6 +109,16 @@ def build_parser() -> Parser:
                    "probabilities, saliency")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON (probabilities, "
                    "layer shapes and statistics, saliency)")
+
+    p = sub.add_parser("export", help="write RUN/model.onnx, checked against PyTorch")
+    p.add_argument("run", help="run directory (runs/<name>)")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
+    p.add_argument("--json", action="store_true", help="print the export report as JSON")
+
+    p = sub.add_parser("bench", help="side-by-side speed benchmark (runs benchmarks/bench.py)",
+                       description="Runs benchmarks/bench.py from the source checkout; arguments after "
+                       "`bench` go to it (see `digitnet bench --help-bench`).")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for benchmarks/bench.py")
     return parser
 
 
@@ -210,8 +220,31 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from digitnet.export import export_onnx
+
+    report = export_onnx(args.run)
+    print(json.dumps(report, indent=2) if args.json else
+          f"wrote {report['path']} ({report['bytes']:,} bytes, opset {report['opset']}); "
+          f"max abs difference of probabilities vs PyTorch on {report['checked_images']} test images: "
+          f"{report['max_abs_diff']:.1e}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
+    if not script.exists():
+        raise DigitnetError(f"{script} not found: `digitnet bench` needs the source checkout "
+                            f"(git clone, then pip install -e .)")
+    bench_args = ["--help" if a == "--help-bench" else a for a in args.bench_args]
+    return subprocess.run([sys.executable, str(script), *bench_args]).returncode
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "summary": cmd_summary, "data": cmd_data,
-            "explain": cmd_explain}
+            "explain": cmd_explain, "export": cmd_export, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

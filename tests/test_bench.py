@@ -1,0 +1,85 @@
+"""The benchmark harness on tiny data (correctness of its fields, not speed), and the fast recipe."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import digitnet
+from digitnet.config import RECIPES, TrainConfig, make_config
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+
+
+def test_flops_match_the_model_summary():
+    from digitnet.model import build_model, macs_per_image
+
+    assert common.MACS_PER_IMAGE == macs_per_image(build_model("seed")) == 3_237_248
+    assert round(common.FLOP_TRAIN / 1e6, 1) == 19.4
+
+
+def test_time_to_target_and_result_fields():
+    nan = float("nan")
+    assert common.time_to_target([5.0, 10.0, 15.0], [0.985, 0.9901, 0.992]) == 10.0
+    assert common.time_to_target([5.0, 10.0], [0.98, 0.989]) is None
+    assert common.time_to_target([5.0, 10.0], [nan, 0.991]) == 10.0  # unevaluated epochs are skipped
+    r = common.train_result("x", 1000, [2.0, 2.0], [2.5, 5.0], [nan, 0.991], 5.0, batch_size=32)
+    assert r["images_per_second"] == 500.0 and r["seconds_per_epoch"] == 2.0
+    assert r["final_accuracy"] == 0.991 and r["seconds_to_99"] == 5.0
+    assert r["test_accuracy_per_epoch"] == [None, 0.991]
+
+
+def test_keras_is_skipped_with_a_message_when_absent(monkeypatch):
+    import bench
+
+    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: None)
+    assert "pip install -e '.[bench]'" in bench.have_keras()
+
+
+def test_harness_on_tiny_data(tmp_path):
+    """One epoch on 300 images for the tutorial loop and the seed recipe, then inference: every field is there.
+
+    (The fast recipe runs through the same script as the seed recipe; its own test is below.)"""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench.py"), "--limit", "300", "--epochs", "1", "--fast-seeds", "1",
+         "--latency-calls", "20", "--only", "tutorial,seed,infer", "--out", str(out),
+         "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    names = [r["name"] for r in report["train"]]
+    assert names == ["pytorch tutorial loop", "digitnet seed"]
+    for r in report["train"]:
+        assert r["train_images"] == 300 and r["epochs"] == 1
+        assert r["images_per_second"] > 0 and r["peak_rss_mb"] > 50
+        assert 0.0 <= r["final_accuracy"] <= 1.0 and "seconds_to_99" in r
+    assert [r["name"] for r in report["infer"]] == ["digitnet predict, PyTorch eager fp32",
+                                                    "digitnet predict, ONNX Runtime"]
+    for r in report["infer"]:
+        assert r["images_per_second_b1"] > 0 and r["images_per_second_b256"] > 0
+        assert 0 < r["p50_ms"] <= r["p99_ms"]
+    assert report["onnx_export"]["max_abs_diff"] < 1e-4
+    assert report["cpu"]["cores"] >= 1 and report["cpu"]["gemm_gflops_fp32"] > 0
+    assert "Training on" in proc.stdout and "Inference" in proc.stdout
+
+
+def test_fast_recipe_keeps_the_network_and_is_sane():
+    cfg = make_config("fast")
+    assert cfg.model == "seed" and cfg.recipe == "fast"
+    assert set(RECIPES["fast"]) <= set(TrainConfig.__dataclass_fields__)
+    assert cfg.batch_size > TrainConfig.batch_size and cfg.schedule == "onecycle"
+    seed = make_config("seed")  # the notebook's hyper-parameters stay the default
+    assert (seed.epochs, seed.batch_size, seed.lr, seed.schedule, seed.label_smoothing) == \
+        (3, 32, 1e-3, "constant", 0.0)
+
+
+def test_fast_recipe_short_run_learns(tmp_path):
+    run = digitnet.train(recipe="fast", epochs=2, limit_train=4000, limit_test=500, out_dir=str(tmp_path),
+                         name="fast", log="quiet", plots=False)
+    assert run.config.recipe == "fast" and run.config.batch_size == RECIPES["fast"]["batch_size"]
+    assert run.history["loss"][1] < run.history["loss"][0]
+    assert run.history["val_accuracy"][-1] > 0.8  # chance is 0.10

@@ -1,0 +1,96 @@
+"""ONNX export: parity with PyTorch, the dynamic batch axis, OnnxClassifier, and clear errors."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+import digitnet  # noqa: E402
+from digitnet.errors import DigitnetError  # noqa: E402
+from digitnet.export import ONNX_FILE, OnnxClassifier, export_onnx  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory):
+    """A copy of the tiny run with model.onnx written into it."""
+    run_dir = tmp_path_factory.mktemp("export") / "run"
+    shutil.copytree(tiny_run.run_dir, run_dir)
+    report = export_onnx(run_dir)
+    return run_dir, report
+
+
+def test_export_writes_onnx_and_matches_pytorch(exported):
+    run_dir, report = exported
+    assert (run_dir / ONNX_FILE).stat().st_size == report["bytes"] > 100_000  # 241,546 fp32 weights
+    assert report["checked_images"] == 1000
+    assert report["max_abs_diff"] < 1e-4
+    assert report["same_argmax"] == 1.0
+    assert not list(run_dir.glob(".model.onnx.*"))  # no temp file left behind
+
+
+def test_onnx_classifier_predicts_like_torch_at_any_batch_size(exported):
+    from digitnet.data import load_split
+
+    run_dir, _ = exported
+    x, _ = load_split("mnist", "test")
+    torch_model, onnx_model = digitnet.load(run_dir), OnnxClassifier(run_dir)
+    for n in (1, 7, 300):  # the batch axis is dynamic
+        expected, got = torch_model.predict(x[:n]), onnx_model.predict(x[:n])
+        assert got.shape == expected.shape == (n, 10)
+        assert np.abs(got - expected).max() < 1e-4
+        np.testing.assert_allclose(got.sum(1), 1, atol=1e-5)
+    assert onnx_model.predict(x[0]).shape == (1, 10)  # one (28, 28) image
+
+
+def test_onnx_graph_takes_uint8_pixels_and_returns_probabilities(exported):
+    import onnx
+
+    run_dir, _ = exported
+    graph = onnx.load(str(run_dir / ONNX_FILE)).graph
+    (inp,), (out,) = graph.input, graph.output
+    assert (inp.name, out.name) == ("pixels", "probabilities")
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [28, 28]
+
+
+def test_export_parity_check_can_fail(exported, monkeypatch, tmp_path):
+    """A broken graph must be refused, not written: the check is real."""
+    import digitnet.export as export
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(exported[0], run_dir)
+    (run_dir / ONNX_FILE).unlink()
+    real = export.check_parity
+
+    def skewed(wrapper, session, images):
+        result = real(wrapper, session, images)
+        return {**result, "max_abs_diff": result["max_abs_diff"] + 1e-3}
+
+    monkeypatch.setattr(export, "check_parity", skewed)
+    with pytest.raises(DigitnetError, match="disagrees with PyTorch"):
+        export.export_onnx(run_dir)
+    assert not (run_dir / ONNX_FILE).exists()
+
+
+def test_onnx_classifier_without_export_is_a_clear_error(exported, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(exported[0], run_dir)
+    (run_dir / ONNX_FILE).unlink()
+    with pytest.raises(DigitnetError, match="digitnet export"):
+        OnnxClassifier(run_dir)
+
+
+def test_export_cli(exported, tmp_path, capsys):
+    from digitnet.cli import main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(exported[0], run_dir)
+    (run_dir / ONNX_FILE).unlink()
+    assert main(["export", str(run_dir), "--format", "onnx", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["max_abs_diff"] < 1e-4 and (run_dir / ONNX_FILE).exists()
+    assert main(["export", str(tmp_path / "nope"), "--format", "onnx"]) == 1
+    assert "digitnet: error:" in capsys.readouterr().err
