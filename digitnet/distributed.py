@@ -60,8 +60,8 @@ def from_env() -> Dist:
 def rank_device(name: str, dist: Dist) -> torch.device:
     """This rank's device: with CUDA, one GPU per local rank (cuda:LOCAL_RANK)."""
     device = pick_device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", dist.local_rank if dist.enabled else 0)
+    if device.type == "cuda" and (dist.enabled or device.index is None):
+        device = torch.device("cuda", dist.local_rank if dist.enabled else 0)  # never 2 ranks on 1 GPU
     if device.type == "cuda":
         if device.index >= torch.cuda.device_count():
             raise DigitnetError(f"rank {dist.rank} wants {device} but this machine has "
@@ -80,7 +80,16 @@ def setup(dist: Dist, device: torch.device) -> None:
     dist.started = True
 
 
+def wait_for_all(dist: Dist) -> None:
+    """Block until every rank gets here (after a successful run: leave together, see teardown)."""
+    if dist.enabled and tdist.is_initialized():
+        tdist.barrier()
+
+
 def teardown(dist: Dist) -> None:
+    # After success, train() waits for all ranks first: a rank that tore down while rank 0 was still
+    # writing files was seen to abort under gloo. Not on errors: a failing rank must exit, so that
+    # torchrun stops the others, rather than wait in a barrier they never reach.
     if dist.started and tdist.is_initialized():
         tdist.destroy_process_group()
         dist.started = False

@@ -147,6 +147,7 @@ def train_one_epoch(model, optimizer, scheduler, x, y, cfg: TrainConfig, state: 
     the loss is scaled so DDP's gradient average equals the mean over the global batch."""
     model.train()
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed * 1000 + state.epoch))
+    order = order.to(x.device)  # drawn on the CPU (same order on every device), indexed where the data is
     steps = math.ceil(len(x) / cfg.batch_size)
     t0 = time.perf_counter() - state.seconds
     for step in range(state.step, steps):
@@ -198,17 +199,19 @@ def train(cfg: TrainConfig, log: str = "bar", stream=None, checkpoint: Checkpoin
 
     Under torchrun each process calls this and joins the process group; given a checkpoint (see
     resume()), training continues from it inside that checkpoint's run directory."""
+    if cfg.deterministic:  # cuBLAS reads it when CUDA starts; without it, CUDA matmuls are not repeatable
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     dist = distributed.from_env()
     device = distributed.rank_device(cfg.device, dist)
-    if cfg.deterministic and device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
     distributed.setup(dist, device)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         torch.use_deterministic_algorithms(cfg.deterministic or was_deterministic)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = not cfg.deterministic  # autotuning picks kernels by timing
-        return fit(cfg, log, stream or sys.stdout, checkpoint, dist, device)
+        run = fit(cfg, log, stream or sys.stdout, checkpoint, dist, device)
+        distributed.wait_for_all(dist)
+        return run
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         distributed.teardown(dist)
