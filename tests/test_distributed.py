@@ -2,6 +2,7 @@
 global batch and seed; shards cover each global batch once; the --nproc launcher and its errors."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -68,6 +69,27 @@ def test_only_rank_zero_prints_and_writes(two_process_run):
     ckpt = load_checkpoint(checkpoint_files(run_dir)[-1])
     assert {"rng.0.torch_cpu", "rng.1.torch_cpu", "rng.0.augment", "rng.1.augment"} <= set(ckpt.tensors)
     assert ckpt.meta["position"]["world"] == 2
+
+
+def test_two_process_run_resumes_mid_epoch(two_process_run, tmp_path):
+    """Per-rank generators and the summed running totals come back: the resumed run ends where the
+    uninterrupted one did."""
+    run_dir, _ = two_process_run
+    cut = tmp_path / "cut"
+    shutil.copytree(run_dir, cut)
+    for name in ("model.json", "model.safetensors", "metrics.json"):
+        (cut / name).unlink()
+    files = checkpoint_files(cut)
+    files[-1].unlink()  # the end of the last epoch: resume from the one before, mid-epoch
+    assert load_checkpoint(checkpoint_files(cut)[-1]).meta["position"]["step"] > 0
+    proc = subprocess.run([sys.executable, "-m", "digitnet", "train", "--nproc", "2", "--resume", str(cut),
+                           "--quiet", "--no-plots"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before, after = load_weights(run_dir), load_weights(cut)
+    for name, w in before.items():
+        assert (after[name] - w).abs().max().item() < TOL, name
+    history = json.loads((cut / "history.json").read_text())
+    assert history["loss"] == pytest.approx(json.loads((run_dir / "history.json").read_text())["loss"], abs=1e-6)
 
 
 def test_shards_cover_each_global_batch_once():
