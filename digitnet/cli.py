@@ -83,7 +83,10 @@ def build_parser() -> Parser:
                    "(starts torchrun for you; the same as torchrun --nproc_per_node N -m digitnet train)")
 
     p = sub.add_parser("evaluate", help="test metrics, confusion matrix and plots of a run")
-    p.add_argument("run", help="run directory (runs/<name>)")
+    p.add_argument("run", nargs="+", help="run directory (runs/<name>); several: an ensemble, "
+                   "their probabilities averaged")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: also average over "
+                   "one-pixel shifts of each image")
     p.add_argument("--data-dir", help="folder with the dataset's IDX files")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--limit", type=int, default=0, help="score only the first N test images")
@@ -155,7 +158,13 @@ def train_argv(args, settings: dict) -> list[str]:
 def cmd_evaluate(args) -> int:
     from digitnet.evaluate import evaluate_run, format_report
 
-    result = evaluate_run(args.run, args.data_dir, args.device, args.limit, plots=not args.no_plots)
+    if len(args.run) > 1 or args.tta:
+        from digitnet.ensemble import evaluate_ensemble, format_ensemble
+
+        result = evaluate_ensemble(args.run, args.data_dir, args.device, args.limit, tta=args.tta)
+        print(json.dumps(result, indent=2) if args.json else format_ensemble(result))
+        return 0
+    result = evaluate_run(args.run[0], args.data_dir, args.device, args.limit, plots=not args.no_plots)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 

@@ -1,0 +1,122 @@
+"""Accuracy beyond the notebook: train the recipes over several seeds, then score them once on the test set.
+
+    .venv/bin/python benchmarks/accuracy.py train best --seeds 0 1 2     # each run under the heavy lock
+    .venv/bin/python benchmarks/accuracy.py report                       # table + JSON, ensembles, TTA
+
+Groups (each a plain `digitnet train` command line, shown in the table):
+  seed           the notebook (3 epochs, batch 32, Adam 1e-3)
+  seed-augment   the seed network trained with the best recipe (affine augmentation, one-cycle, holdout)
+  best           `--recipe best`: the batch-norm CNN, affine augmentation, one-cycle, 5,000-image holdout
+  fashion-seed   the notebook on Fashion-MNIST
+  fashion-best   `--recipe best` on Fashion-MNIST
+
+Epochs and settings were chosen on the holdout (val_accuracy in history.json); the test set is read
+only by `report`, once per run, after training is over. Each group's runs form an ensemble (their
+probabilities averaged), reported with and without test-time shifts. Runs go to /tmp/<you>/accuracy
+unless --out says otherwise; results to benchmarks/results/accuracy.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+LOCK = "/tmp/digitnet-heavy.lock"
+
+GROUPS = {
+    "seed": [],
+    "seed-augment": ["--recipe", "best", "--model", "seed"],
+    "best": ["--recipe", "best"],
+    "fashion-seed": ["--dataset", "fashion-mnist"],
+    "fashion-best": ["--recipe", "best", "--dataset", "fashion-mnist"],
+}
+
+
+def train(group: str, seeds: list[int], out: Path, extra: list[str]) -> None:
+    """One `digitnet train` per seed, each waiting for the shared lock so timings are not contended."""
+    for seed in seeds:
+        name = f"{group}-s{seed}"
+        if (out / name / "model.json").exists():
+            print(f"accuracy: {name} exists, skipped", file=sys.stderr)
+            continue
+        cmd = ["flock", LOCK, str(ROOT / ".venv/bin/digitnet"), "train", *GROUPS[group], *extra,
+               "--seed", str(seed), "--out-dir", str(out), "--name", name, "--jsonl", "--no-plots"]
+        print(f"accuracy: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+        with open(out / f"{name}.log", "w") as log:
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def report(out: Path, results_file: Path) -> dict:
+    """Score every finished run on the test set once; group, ensemble, print and save."""
+    from digitnet.ensemble import evaluate_ensemble
+    from digitnet.evaluate import evaluate_run
+
+    table = {}
+    for group in GROUPS:
+        runs = sorted(p.parent for p in out.glob(f"{group}-s*/model.json"))
+        if not runs:
+            continue
+        rows = []
+        for run in runs:
+            meta = json.loads((run / "model.json").read_text())
+            history = json.loads((run / "history.json").read_text())
+            test = evaluate_run(run, plots=False)
+            rows.append({"run": run.name, "seed": meta["seed"], "test_accuracy": test["accuracy"],
+                         "val_split": meta["dataset"]["val_split"], "val_accuracy": history["val_accuracy"][-1],
+                         "best_val_epoch": int(np.argmax(history["val_accuracy"])) + 1,
+                         "epochs": meta["config"]["epochs"], "train_seconds": meta["metrics"]["train_seconds"],
+                         "params": meta["architecture"]["params"], "macs": meta["architecture"]["macs_per_image"],
+                         "precision": meta["training"]["precision"]})
+        acc = [r["test_accuracy"] for r in rows]
+        entry = {"command": "digitnet train " + shlex.join(GROUPS[group]), "runs": rows,
+                 "mean": float(np.mean(acc)), "min": float(np.min(acc)), "max": float(np.max(acc)),
+                 "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rows]))}
+        entry["tta"] = evaluate_ensemble(runs[:1], tta=True)["accuracy"]
+        if len(runs) > 1:
+            entry["ensemble"] = evaluate_ensemble(runs)["accuracy"]
+            entry["ensemble_tta"] = evaluate_ensemble(runs, tta=True)["accuracy"]
+        table[group] = entry
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    results_file.write_text(json.dumps(table, indent=2) + "\n")
+    print(format_table(table))
+    return table
+
+
+def format_table(table: dict) -> str:
+    lines = ["| group | runs | test acc. mean | min | max | 1st run + TTA | ensemble | ensemble + TTA "
+             "| train time/run | params | MACs |", "| --- " * 11 + "|"]
+    for group, e in table.items():
+        first = e["runs"][0]
+        lines.append(f"| {group} | {len(e['runs'])} | {e['mean']:.2%} | {e['min']:.2%} | {e['max']:.2%} | "
+                     f"{e['tta']:.2%} | {e.get('ensemble', float('nan')):.2%} | "
+                     f"{e.get('ensemble_tta', float('nan')):.2%} | {e['train_seconds_mean'] / 60:.1f} min | "
+                     f"{first['params']:,} | {first['macs'] / 1e6:.1f} M |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["train", "report"])
+    parser.add_argument("group", nargs="?", choices=list(GROUPS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--out", type=Path, default=Path("/tmp/g/accuracy"), help="parent of the run dirs")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks/results/accuracy.json")
+    args, extra = parser.parse_known_args()  # anything else goes to `digitnet train` (e.g. --epochs 2)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.action == "train":
+        if not args.group:
+            parser.error("train needs a group: " + ", ".join(GROUPS))
+        train(args.group, args.seeds, args.out, extra)
+    else:
+        report(args.out, args.results)
+
+
+if __name__ == "__main__":
+    main()
