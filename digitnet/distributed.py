@@ -171,4 +171,7 @@ def launch(nproc: int, train_args: list[str]) -> int:
            "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_port()}",
            "-m", "digitnet", "train", *train_args]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    if sys.platform.startswith("linux"):
+        # One machine: gloo talks over loopback, not whatever interface the hostname resolves to.
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     return subprocess.run(cmd, env=env).returncode
