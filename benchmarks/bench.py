@@ -104,7 +104,8 @@ def print_tables(report: dict) -> None:
     train = [r for r in report["train"] if "error" not in r]
     keras = next((r for r in train if r["name"].startswith("keras")), None)
     print(f"\nTraining on {report['cpu']['cores']} cores of {report['cpu']['model']} "
-          f"(MNIST, 60,000 train / 10,000 test images unless --limit)")
+          f"(MNIST, 60,000 train / 10,000 test images unless --limit); load average at start "
+          f"{report['load_average_start'][0]:.1f}, at end {report['load_average_end'][0]:.1f}")
     head = (f"{'contender':<26}{'epochs':>6}{'batch':>6}{'img/s':>9}{'s/epoch':>9}{'fit s':>8}"
             f"{'to 99.0%':>10}{'test acc':>9}{'peak MB':>9}{'GFLOP/s':>9}{'x Keras':>9}")
     print(head + "\n" + "-" * len(head))
@@ -159,7 +160,9 @@ def main() -> int:
     common = (["--limit", str(args.limit)] + (["--epochs", str(args.epochs)] if args.epochs else []))
     report = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv),
               "host": platform.node(), "python": platform.python_version(), "cpu": cpu_info(),
-              "limit": args.limit, "train": [], "infer": [], "skipped": []}
+              "limit": args.limit, "train": [], "infer": [], "skipped": [],
+              # Other work on the machine skews every timing: the load average says how quiet it was.
+              "load_average_start": os.getloadavg()}
 
     if "keras" in only:
         why = have_keras()
@@ -203,6 +206,7 @@ def main() -> int:
             report["skipped"].append(f"inference: {r['error']}: {r.get('stderr_tail', '')}")
         report["onnx_export"] = r.get("export")
 
+    report["load_average_end"] = os.getloadavg()
     sys.path.insert(0, str(ROOT))
     from digitnet.files import atomic_write_json
 

@@ -119,9 +119,16 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
 
     p = sub.add_parser("bench", help="side-by-side speed benchmark (runs benchmarks/bench.py)",
-                       description="Runs benchmarks/bench.py from the source checkout; arguments after "
-                       "`bench` go to it (see `digitnet bench --help-bench`).")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for benchmarks/bench.py")
+                       description="Keras notebook vs PyTorch tutorial loop vs digitnet's recipes, training "
+                       "and inference, on this machine (runs benchmarks/bench.py from the source checkout).")
+    p.add_argument("--limit", type=int, default=0, help="first N train and test images (default: 0, all)")
+    p.add_argument("--epochs", type=int, help="override every contender's epochs (for quick checks)")
+    p.add_argument("--only", default="keras,tutorial,seed,fast,infer", help="comma-separated subset of "
+                   "keras,tutorial,seed,fast,infer (default: all)")
+    p.add_argument("--fast-seeds", type=int, default=3, help="seeds for the fast recipe (default: 3)")
+    p.add_argument("--latency-calls", type=int, default=1000, help="single-image calls timed (default: 1000)")
+    p.add_argument("--out", help="JSON to write (default: benchmarks/results/bench-<time>.json)")
+    p.add_argument("--runs-dir", default="runs/bench", help="where the digitnet runs go (default: runs/bench)")
     return parser
 
 
@@ -248,8 +255,10 @@ def cmd_bench(args) -> int:
     if not script.exists():
         raise DigitnetError(f"{script} not found: `digitnet bench` needs the source checkout "
                             f"(git clone, then pip install -e .)")
-    bench_args = ["--help" if a == "--help-bench" else a for a in args.bench_args]
-    return subprocess.run([sys.executable, str(script), *bench_args]).returncode
+    flags = ["--limit", str(args.limit), "--only", args.only, "--fast-seeds", str(args.fast_seeds),
+             "--latency-calls", str(args.latency_calls), "--runs-dir", args.runs_dir]
+    flags += (["--epochs", str(args.epochs)] if args.epochs else []) + (["--out", args.out] if args.out else [])
+    return subprocess.run([sys.executable, str(script), *flags]).returncode
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "summary": cmd_summary, "data": cmd_data,

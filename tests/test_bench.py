@@ -83,3 +83,17 @@ def test_fast_recipe_short_run_learns(tmp_path):
     assert run.config.recipe == "fast" and run.config.batch_size == RECIPES["fast"]["batch_size"]
     assert run.history["loss"][1] < run.history["loss"][0]
     assert run.history["val_accuracy"][-1] > 0.8  # chance is 0.10
+
+
+def test_bench_command_passes_its_flags_to_the_harness(monkeypatch):
+    import subprocess as sp
+
+    from digitnet.cli import main
+
+    calls = []
+    monkeypatch.setattr(sp, "run", lambda cmd, **kw: calls.append(cmd) or sp.CompletedProcess(cmd, 0))
+    assert main(["bench", "--limit", "500", "--epochs", "1", "--only", "seed,infer", "--out", "x.json"]) == 0
+    (cmd,) = calls
+    assert cmd[1].endswith("benchmarks/bench.py")
+    assert cmd[cmd.index("--limit") + 1] == "500" and cmd[cmd.index("--only") + 1] == "seed,infer"
+    assert cmd[cmd.index("--epochs") + 1] == "1" and cmd[cmd.index("--out") + 1] == "x.json"
