@@ -172,21 +172,26 @@ def plot_explanation(result: dict, image, class_names: list[str], title: str = "
     layers = result["layers"]
     # Wide mosaics (at least 16 maps a row, at most 4 rows) fill the page width at a readable size.
     mosaics = [tile(layer["maps"], max(16, layer["shape"][0] // 4)) for layer in layers]
-    heights = [1.0] + [4 * m.shape[0] / m.shape[1] + 0.15 for m in mosaics]
-    fig_height = 2.6 * sum(heights) + 0.5
-    fig = plt.figure(figsize=(11, fig_height))
-    grid = fig.add_gridspec(1 + len(layers), 4, height_ratios=heights, hspace=0.4, wspace=0.3,
-                            top=1 - 0.6 / fig_height, bottom=0.01)
+    # Laid out in inches, top to bottom: the top row of panels, then one titled row per layer.
+    width, panel, title_room = 11.0, 2.4, 0.45
+    rows = [(panel, title_room + 0.1)] + [((width - 0.2) * m.shape[0] / m.shape[1], title_room) for m in mosaics]
+    height = sum(h + room for h, room in rows) + 0.1
+    fig = plt.figure(figsize=(width, height))
+    boxes, y = [], height
+    for h, room in rows:
+        y -= room + h
+        boxes.append((y / height, h / height))  # (bottom, height) as figure fractions
+    top_row = [fig.add_axes([0.02 + k * 0.25, boxes[0][0], 0.21, boxes[0][1]]) for k in range(4)]
 
-    ax = fig.add_subplot(grid[0, 0])
+    ax = top_row[0]
     shown = image if isinstance(image, np.ndarray) else np.asarray(image.convert("RGB"))
     ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None)
     ax.set_title(f"input as given\n{shown.shape[1]}x{shown.shape[0]} px", fontsize=9)
     x28 = result["x28"]
-    ax = fig.add_subplot(grid[0, 1])
+    ax = top_row[1]
     ax.imshow(x28, cmap="gray", vmin=0, vmax=255)
     ax.set_title("what the model sees\n28x28, white ink on black", fontsize=9)
-    ax = fig.add_subplot(grid[0, 2])
+    ax = top_row[2]
     ax.imshow(x28, cmap="gray", vmin=0, vmax=255)
     ax.imshow(result["saliency"], cmap="inferno", alpha=0.6)
     top, left, bottom, right = result["report"]["saliency"]["ink_box"]
@@ -194,11 +199,11 @@ def plot_explanation(result: dict, image, class_names: list[str], title: str = "
                                ec="cyan", lw=0.8, ls="--"))
     share = result["report"]["saliency"]["mass_inside_box"]
     ax.set_title(f"saliency |d score / d pixel|\n{share:.0%} inside the ink's box", fontsize=9)
-    for a in fig.axes:
+    for a in top_row[:3]:
         a.set_xticks([])
         a.set_yticks([])
 
-    ax = fig.add_subplot(grid[0, 3])
+    ax = top_row[3]
     probs = result["probabilities"]
     best = int(probs.argmax())
     ax.barh(range(len(probs)), probs, color=["tab:orange" if i == best else "tab:blue" for i in range(len(probs))])
@@ -207,16 +212,17 @@ def plot_explanation(result: dict, image, class_names: list[str], title: str = "
     ax.invert_yaxis()
     ax.title.set_fontsize(9)
 
-    for row, (layer, mosaic) in enumerate(zip(layers, mosaics), start=1):
-        ax = fig.add_subplot(grid[row, :])
-        ax.imshow(np.ma.masked_invalid(mosaic), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    for (bottom, h), layer, mosaic in zip(boxes[1:], layers, mosaics):
+        ax = fig.add_axes([0.01, bottom, 0.98, h])
+        ax.imshow(np.ma.masked_invalid(mosaic), cmap="viridis", vmin=0, vmax=1, interpolation="nearest",
+                  aspect="auto")  # the box was sized to the mosaic's shape above
         ax.set_facecolor("white")
         c, h, w = layer["shape"]
         ax.set_title(f"{layer['name']} ({layer['type']}{' + ReLU' if layer['type'] == 'Conv2d' else ''}): "
                      f"{c} maps of {h}x{w}  [C, H, W] = {layer['shape']}", fontsize=9, loc="left")
         ax.axis("off")
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1.0, va="bottom")
     return fig
 
 
