@@ -12,9 +12,9 @@ optimizer steps as one process with the same batch size and seed.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
-import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -161,17 +161,31 @@ def free_port() -> int:
 
 
 def launch(nproc: int, train_args: list[str]) -> int:
-    """`digitnet train --nproc N ...`: run torchrun with N processes on this machine; returns its exit code."""
+    """`digitnet train --nproc N ...`: torchrun's launcher with N processes on this machine."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
     if nproc < 1:
         raise DigitnetError(f"--nproc must be at least 1, got {nproc}")
     if "RANK" in os.environ:
         raise DigitnetError("--nproc given inside a torchrun job; use one or the other")
-    # c10d rendezvous on loopback: a single-machine job needs no network beyond 127.0.0.1.
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
-           "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_port()}",
-           "-m", "digitnet", "train", *train_args]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # train() sets threads per process itself
     if sys.platform.startswith("linux"):
         # One machine: gloo talks over loopback, not whatever interface the hostname resolves to.
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    return subprocess.run(cmd, env=env).returncode
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    # The processes print their own errors; the launcher's logs and traceback would only repeat them.
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    # c10d rendezvous on loopback: a single-machine job needs no network beyond 127.0.0.1.
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"digitnet-{os.getpid()}",
+                          rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=0,
+                          monitor_interval=0.1)
+    try:
+        elastic_launch(config, sys.executable)("-m", "digitnet", "train", *train_args)
+    except ChildFailedError as e:
+        raise DigitnetError(f"{len(e.failures)} of {nproc} training processes failed (see above)") from None
+    except SignalException:  # Ctrl-C or kill: the processes have been stopped; checkpoints stay for --resume
+        raise KeyboardInterrupt from None
+    return 0
