@@ -4,6 +4,7 @@
     digitnet evaluate RUN                                                  test metrics and plots
     digitnet summary [--model seed]                                        layers, shapes, parameters
     digitnet data show|verify|locate|download [NAME]                       datasets
+    digitnet serve [--model RUN] [--host 127.0.0.1] [--port 8000]          web page and HTTP API
 
 Every TrainConfig field is a flag of `train` (batch_size -> --batch-size). Errors a user can fix
 print `digitnet: error: ...` and exit 1; anything else is a bug and keeps its traceback.
@@ -129,6 +130,14 @@ def build_parser() -> Parser:
     p.add_argument("--latency-calls", type=int, default=1000, help="single-image calls timed (default: 1000)")
     p.add_argument("--out", help="JSON to write (default: benchmarks/results/bench-<time>.json)")
     p.add_argument("--runs-dir", default="runs/bench", help="where the digitnet runs go (default: runs/bench)")
+
+    p = sub.add_parser("serve", help="the draw-a-digit web page and the HTTP API (FastAPI + uvicorn)")
+    p.add_argument("--model", help="run directory to serve (default: the model shipped with digitnet)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this "
+                   "machine only; 0.0.0.0 opens it to the network)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes, each with its own model and "
+                   "batcher (default: 1)")
     return parser
 
 
@@ -261,8 +270,18 @@ def cmd_bench(args) -> int:
     return subprocess.run([sys.executable, str(script), *flags]).returncode
 
 
+def cmd_serve(args) -> int:
+    from digitnet.serve import serve
+
+    if args.workers < 1 or not 0 < args.port < 65536:
+        raise DigitnetError(f"--workers must be at least 1 and --port 1-65535, "
+                            f"got {args.workers} and {args.port}")
+    serve(args.model, args.host, args.port, args.workers)
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "summary": cmd_summary, "data": cmd_data,
-            "explain": cmd_explain, "export": cmd_export, "bench": cmd_bench}
+            "explain": cmd_explain, "export": cmd_export, "bench": cmd_bench, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:
