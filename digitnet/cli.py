@@ -4,6 +4,9 @@
     digitnet evaluate RUN                                                  test metrics and plots
     digitnet summary [--model seed]                                        layers, shapes, parameters
     digitnet data show|verify|locate|download [NAME]                       datasets
+    digitnet predict IMAGE... [--model RUN] [--json|--csv]                 one digit per image
+    digitnet read IMAGE [--annotate OUT.png]                               a written number
+    digitnet calibrate RUN                                                 honest confidences (model.json)
     digitnet serve [--model RUN] [--host 127.0.0.1] [--port 8000]          web page and HTTP API
 
 Every TrainConfig field is a flag of `train` (batch_size -> --batch-size). Errors a user can fix
@@ -42,6 +45,16 @@ def _all_parsers(parser):
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 yield from _all_parsers(sub)
+
+
+def add_reading_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by predict and read: which model, where it runs, when to answer 'unknown'."""
+    parser.add_argument("--model", metavar="RUN", help="run directory (default: the model shipped with digitnet)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    parser.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
+                        help="torch, or onnx: ONNX Runtime on RUN/model.onnx from `digitnet export` (default: torch)")
+    parser.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+                        help="answer 'unknown' when the (calibrated) confidence is below P (default: 0)")
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -93,6 +106,30 @@ def build_parser() -> Parser:
     p.add_argument("--limit", type=int, default=0, help="score only the first N test images")
     p.add_argument("--no-plots", action="store_true", help="do not write plots")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--coverage", action="store_true", help="also accuracy vs coverage: answering only "
+                   "the most confident images, and the --min-confidence that does it (plots/coverage.png)")
+
+    p = sub.add_parser("predict", help="read one digit per image: files, folders, globs, - for stdin")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image file, folder of images, glob, or -")
+    add_reading_flags(p)
+    p.add_argument("--top-k", type=int, default=3, help="show the K most likely digits (default: 3)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
+    out.add_argument("--csv", action="store_true", help="print CSV: source,digit,confidence,status,top_k,error")
+    p.add_argument("--save-preprocessed", metavar="DIR", help="write the 28x28 the model saw as DIR/<name>.png")
+
+    p = sub.add_parser("read", help="read a written number (2 or more digits) from an image")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image file, folder of images, glob, or -")
+    add_reading_flags(p)
+    p.add_argument("--json", action="store_true", help="print JSON: text, and per digit box and probabilities")
+    p.add_argument("--annotate", metavar="OUT.png", help="write the image with each digit's box and label")
+
+    p = sub.add_parser("calibrate", help="fit the temperature that makes confidences honest, on held-out "
+                       "training images; stored in model.json")
+    p.add_argument("run", help="run directory trained with --val-size N > 0")
+    p.add_argument("--data-dir", help="folder with the dataset's IDX files")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--json", action="store_true", help="print the calibration entry as JSON")
 
     p = sub.add_parser("summary", help="layers, output shapes, parameters and multiply-adds")
     p.add_argument("model", nargs="?", default="seed", help="model name or run directory (default: seed)")
@@ -180,8 +217,87 @@ def cmd_evaluate(args) -> int:
         result = evaluate_ensemble(args.run, args.data_dir, args.device, args.limit, tta=args.tta)
         print(json.dumps(result, indent=2) if args.json else format_ensemble(result))
         return 0
-    result = evaluate_run(args.run[0], args.data_dir, args.device, args.limit, plots=not args.no_plots)
+    result = evaluate_run(args.run[0], args.data_dir, args.device, args.limit, plots=not args.no_plots,
+                          coverage=args.coverage)
     print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0
+
+
+def reading_classifier(args):
+    """The classifier for predict and read (a --runtime choice, e.g. ONNX, would be made here)."""
+    from digitnet.read import load_classifier
+
+    if not 0.0 <= args.min_confidence <= 1.0:
+        raise DigitnetError(f"--min-confidence must be between 0 and 1, got {args.min_confidence}")
+    if args.runtime == "onnx":
+        from digitnet.export import OnnxClassifier
+        from digitnet.read import DEFAULT_MODEL
+
+        return OnnxClassifier(args.model or DEFAULT_MODEL)
+    return load_classifier(args.model, args.device)
+
+
+def cmd_predict(args) -> int:
+    import csv
+
+    from digitnet.read import CSV_FIELDS, csv_row, format_prediction, predict_sources
+
+    if args.top_k < 1:
+        raise DigitnetError(f"--top-k must be at least 1, got {args.top_k}")
+    classifier = reading_classifier(args)
+    writer = csv.writer(sys.stdout) if args.csv else None
+    if writer:
+        writer.writerow(CSV_FIELDS)
+    rows, failed = [], 0
+    for row in predict_sources(args.images, classifier, args.top_k, args.min_confidence,
+                               args.save_preprocessed):
+        if "error" in row:
+            failed += 1
+            print(f"digitnet: error: {row['source']}: {row['error']}", file=sys.stderr, flush=True)
+        if args.json:
+            rows.append(row)
+        elif writer:
+            writer.writerow(csv_row(row))
+        elif "error" not in row:
+            print(format_prediction(row), flush=True)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return 1 if failed else 0
+
+
+def cmd_read(args) -> int:
+    from digitnet.files import atomic_write_bytes
+    from digitnet.read import annotate, format_reading, read_sources
+
+    if args.annotate and (len(args.images) > 1 or any(c in args.images[0] for c in "*?[")):
+        raise DigitnetError("--annotate writes one picture: give one IMAGE")
+    classifier = reading_classifier(args)
+    rows, failed = [], 0
+    for row, image in read_sources(args.images, classifier, args.min_confidence):
+        if "error" in row:
+            failed += 1
+            print(f"digitnet: error: {row['source']}: {row['error']}", file=sys.stderr, flush=True)
+        elif args.annotate:
+            atomic_write_bytes(args.annotate, annotate(image, row))
+        if args.json:
+            rows.append(row)
+        elif "error" not in row:
+            print(format_reading(row), flush=True)
+    if args.json:
+        print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
+    return 1 if failed else 0
+
+
+def cmd_calibrate(args) -> int:
+    from digitnet.calibration import calibrate_run
+
+    result = calibrate_run(args.run, args.data_dir, args.device)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{args.run}: temperature {result['temperature']:.4f} fitted on {result['fitted_on']}\n"
+          f"expected calibration error ({result['ece_bins']} bins): {result['ece_before']:.4f} before, "
+          f"{result['ece_after']:.4f} after; stored in model.json (weights unchanged)")
     return 0
 
 
@@ -281,7 +397,8 @@ def cmd_serve(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "summary": cmd_summary, "data": cmd_data,
-            "explain": cmd_explain, "export": cmd_export, "bench": cmd_bench, "serve": cmd_serve}
+            "explain": cmd_explain, "export": cmd_export, "bench": cmd_bench, "serve": cmd_serve,
+            "predict": cmd_predict, "read": cmd_read, "calibrate": cmd_calibrate}
 
 
 def main(argv: list[str] | None = None) -> int:

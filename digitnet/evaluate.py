@@ -40,8 +40,11 @@ def metrics_from_logits(logits: torch.Tensor, y: np.ndarray, class_names: list[s
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto",
-                 limit: int = 0, plots: bool = True) -> dict:
-    """Reload a run, score it on its dataset's test split, write evaluation.json and the plots."""
+                 limit: int = 0, plots: bool = True, coverage: bool = False) -> dict:
+    """Reload a run, score it on its dataset's test split, write evaluation.json and the plots.
+
+    coverage: also accuracy vs coverage with the run's calibrated probabilities (plots/coverage.png).
+    """
     run_dir = Path(run_dir)
     dev = pick_device(device)
     model, meta = load_model(run_dir, dev)
@@ -52,6 +55,15 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
     logits = predict_logits(model, torch.from_numpy(x), 1000, dev, "fp32").cpu()
     result = metrics_from_logits(logits, y, meta["class_names"])
     result["run_dir"] = str(run_dir)
+    if coverage:
+        from digitnet.calibration import coverage_table, expected_calibration_error, plot_coverage
+
+        temperature = float(meta.get("calibration", {}).get("temperature", 1.0))
+        probs = probabilities(logits, temperature).numpy()  # as predict sees them
+        result["coverage"] = {"temperature": temperature, "ece": expected_calibration_error(probs, y),
+                              "rows": coverage_table(probs, y)}
+        if plots:
+            plot_coverage(probs, y, run_dir / "plots" / "coverage.png")
     atomic_write_json(run_dir / "evaluation.json", result)
     if plots:
         write_plots(run_dir, x, y, logits, meta["class_names"])
@@ -59,6 +71,16 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
 
 
 def format_report(result: dict) -> str:
+    report = _format_metrics(result)
+    if "coverage" in result:
+        from digitnet.calibration import format_coverage
+
+        c = result["coverage"]
+        report += "\n\n" + format_coverage(c["rows"], c["temperature"], c["ece"])
+    return report
+
+
+def _format_metrics(result: dict) -> str:
     names = list(result["per_class"])
     lines = [f"test accuracy: {result['accuracy']:.4f} ({result['images'] - result['errors']:,}/"
              f"{result['images']:,}; {result['errors']} errors)   test loss: {result['loss']:.4f}", "",

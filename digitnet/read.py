@@ -1,20 +1,40 @@
-"""Reading digits: a Classifier wraps a loaded run and turns images into probabilities."""
+"""Reading digits from image files: predict one digit per image, or read a written number.
+
+    digitnet predict photo.jpg scans/ 'more/*.png' -      # one digit per image, with confidence
+    digitnet read number.jpg --annotate boxes.png         # a written number, digit by digit
+
+A Classifier wraps a loaded run. All image maths (decoding, ink, 28x28) lives in digitnet.preprocess;
+digitnet.segment finds the digits of a number in the ink map; this module asks the network.
+"""
 from __future__ import annotations
 
+import glob
+import io
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from digitnet import preprocess
 from digitnet.errors import DigitnetError
 from digitnet.model import load_model, pick_device, predict_logits, probabilities
 from digitnet.preprocess import to_mnist
+from digitnet.segment import find_digits, segment_digits  # noqa: F401 (segment_digits: API)
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "default"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
+                  ".pbm", ".pnm"}
+MAX_STDIN_BYTES = 64 << 20  # a photo is a few MB; refuse to buffer an endless pipe
+NO_DIGIT = "no digit found"
 
 
 class Classifier:
-    """A trained network plus its model.json; predict() takes arrays or PIL images."""
+    """A trained network plus its model.json; predict() takes arrays or PIL images.
+
+    Everything below needs only `class_names` and `predict(uint8 (N, 28, 28)) -> (N, classes)`, so
+    another runtime (ONNX Runtime) can stand in for this class; load_classifier is where to choose it.
+    """
 
     def __init__(self, model: torch.nn.Module, meta: dict, device: torch.device):
         self.model, self.meta, self.device = model, meta, device
@@ -31,15 +51,252 @@ class Classifier:
 
     def predict(self, images) -> np.ndarray:
         """Probabilities (N, classes) for uint8 arrays (N, 28, 28) / (28, 28) or PIL images."""
-        x = torch.from_numpy(np.ascontiguousarray(self.prepare(images)))
+        x = np.ascontiguousarray(self.prepare(images))
+        x = torch.from_numpy(x if x.flags.writeable else x.copy())  # e.g. np.asarray of a PIL image
         logits = predict_logits(self.model, x, 1000, self.device, "fp32")
         return probabilities(logits, self.temperature).cpu().numpy()
 
 
 def load_classifier(run=None, device: str = "cpu") -> Classifier:
+    """A Classifier from a run directory, or the model shipped in digitnet/weights/default."""
     run_dir = Path(run) if run is not None else DEFAULT_MODEL
     if run is None and not (run_dir / "model.json").exists():
         raise DigitnetError(f"no default model at {run_dir}; pass a run directory (--model RUN)")
     dev = pick_device(device)
     model, meta = load_model(run_dir, dev)
     return Classifier(model, meta, dev)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding the files: paths, folders, globs and '-' for standard input.
+
+
+def expand_sources(args: list[str]) -> list[tuple[str, str | None]]:
+    """Command-line arguments -> (source, error) pairs in order; error is None for a readable source."""
+    out = []
+    for arg in args:
+        path = Path(arg)
+        if arg == "-":
+            out.append(("-", None))
+        elif path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            out += [(str(p), None) for p in files]
+            if not files:
+                out.append((arg, f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder"))
+        elif path.exists():
+            out.append((arg, None))
+        elif glob.has_magic(arg):
+            matches = sorted(glob.glob(arg))
+            out += [(m, None) for m in matches if Path(m).is_file()]
+            if not matches:
+                out.append((arg, "no files match this pattern"))
+        else:
+            out.append((arg, "no such file or folder"))
+    return out
+
+
+def open_source(source: str, stdin=None):
+    """A PIL image from a path, or from standard input for '-' (bounded in size)."""
+    if source == "-":
+        stream = stdin or sys.stdin.buffer
+        data = stream.read(MAX_STDIN_BYTES + 1)
+        if len(data) > MAX_STDIN_BYTES:
+            raise DigitnetError(f"standard input holds more than {MAX_STDIN_BYTES >> 20} MB; "
+                                f"that is no single photo")
+        return preprocess.load_image(data)
+    return preprocess.load_image(Path(source))
+
+
+# ---------------------------------------------------------------------------------------------
+# One digit per image
+
+
+def digit_input(image) -> np.ndarray | None:
+    """The uint8 (28, 28) the network sees for this image, or None when it holds no digit."""
+    ink = preprocess.ink_map(image)  # (H, W) float32 in [0, 1], white ink on black
+    if not ink.size or not ink.max() > 0:
+        return None
+    try:
+        return preprocess.ink_to_mnist(ink)
+    except DigitnetError:
+        return None  # ink_to_mnist's only refusal: nothing in the ink map that could be a digit
+
+
+def describe(probs: np.ndarray, class_names: list[str], top_k: int = 3, min_confidence: float = 0.0) -> dict:
+    """One image's answer: digit (or 'unknown' below min_confidence), confidence, top-k, probs."""
+    order = np.argsort(-probs, kind="stable")
+    best = int(order[0])
+    confidence = float(probs[best])
+    sure = confidence >= min_confidence
+    return {"digit": class_names[best] if sure else "unknown", "status": "ok" if sure else "unknown",
+            "confidence": confidence, "best_guess": class_names[best],
+            "top_k": [{"digit": class_names[i], "probability": float(probs[i])} for i in order[:top_k]],
+            "probs": [float(p) for p in probs]}
+
+
+def no_digit_result() -> dict:
+    return {"digit": None, "status": NO_DIGIT, "confidence": None, "best_guess": None, "top_k": [],
+            "probs": []}
+
+
+def predict_image(image, classifier, top_k: int = 3, min_confidence: float = 0.0) -> dict:
+    """Read one digit from a PIL image: see describe(); 'no digit found' for a blank image."""
+    x = digit_input(image)
+    if x is None:
+        return no_digit_result()
+    return describe(classifier.predict(x[None])[0], classifier.class_names, top_k, min_confidence)
+
+
+# ---------------------------------------------------------------------------------------------
+# A written number: segment the ink map into digits, then read each.
+
+def read_number(image, classifier, min_confidence: float = 0.0) -> dict:
+    """Read a written number: text ('?' for an unsure digit), and per digit its box and probabilities."""
+    from PIL import Image, ImageOps
+
+    ink = preprocess.ink_map(image)  # (H, W) float32 in [0, 1], white ink on black
+
+    def inputs(crops: list[np.ndarray]) -> list[np.ndarray | None]:
+        out = []
+        for crop in crops:
+            try:
+                out.append(preprocess.ink_to_mnist(crop))
+            except DigitnetError:
+                out.append(None)  # a fragment too faint to hold a digit once isolated
+        return out
+
+    def score(crops: list[np.ndarray]) -> np.ndarray:
+        """The network's confidence in each crop: how segment.find_digits tells a good cut."""
+        xs = inputs(crops)
+        found = [x for x in xs if x is not None]
+        probs = iter(classifier.predict(np.stack(found)).max(1) if found else [])
+        return np.array([next(probs) if x is not None else 0.0 for x in xs])
+
+    pieces = find_digits(ink, score)
+    xs = inputs([p.crop(ink) for p in pieces])
+    kept = [(p, x) for p, x in zip(pieces, xs) if x is not None]
+    if not kept:
+        return {"text": "", "status": NO_DIGIT, "digits": [], "confidence": None}
+    probs = classifier.predict(np.stack([x for _, x in kept]))
+    # Boxes are reported in the image's pixels, whatever resolution the ink map was made at.
+    size = ImageOps.exif_transpose(image).size if isinstance(image, Image.Image) else ink.shape[::-1]
+    sx, sy = size[0] / ink.shape[1], size[1] / ink.shape[0]
+    digits = []
+    for (p, _), pr in zip(kept, probs):
+        answer = describe(pr, classifier.class_names, 3, min_confidence)
+        box = [round(p.box[0] * sx), round(p.box[1] * sy), round(p.box[2] * sx), round(p.box[3] * sy)]
+        digits.append({"digit": answer["digit"], "confidence": answer["confidence"], "box": box,
+                       "best_guess": answer["best_guess"], "probs": answer["probs"]})
+    text = "".join(d["digit"] if d["digit"] != "unknown" else "?" for d in digits)
+    return {"text": text, "status": "ok" if "?" not in text else "unknown", "digits": digits,
+            "confidence": float(np.prod([d["confidence"] for d in digits]))}
+
+
+def annotate(image, result: dict) -> bytes:
+    """PNG bytes of the image with each digit's box and its label drawn on it."""
+    from PIL import ImageDraw, ImageFont, ImageOps
+
+    canvas = ImageOps.exif_transpose(image).convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    line = max(2, round(min(canvas.size) / 200))
+    font = ImageFont.load_default(size=max(12, round(min(canvas.size) / 14)))
+    for d in result["digits"]:
+        l, t, r, b = d["box"]
+        colour = (0, 170, 0) if d["digit"] != "unknown" else (220, 120, 0)
+        draw.rectangle((l, t, r - 1, b - 1), outline=colour, width=line)
+        label = f"{d['best_guess']} {d['confidence']:.0%}"
+        draw.text((l, max(0, t - font.size - line)), label, fill=colour, font=font)
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# Many files at once, for the CLI: one result per source, errors included, never an abort.
+
+CSV_FIELDS = ["source", "digit", "confidence", "status", "top_k", "error"]
+
+
+def predict_sources(args: list[str], classifier, top_k: int = 3, min_confidence: float = 0.0,
+                    save_dir: str | Path | None = None, stdin=None):
+    """Yield {'source', ...answer} per image, or {'source', 'error'} for one that cannot be read."""
+    from digitnet.files import atomic_write_bytes
+
+    names: set[str] = set()
+    for source, error in expand_sources(args):
+        if error is not None:
+            yield {"source": source, "error": error}
+            continue
+        try:
+            x = digit_input(open_source(source, stdin))
+        except DigitnetError as e:
+            yield {"source": source, "error": str(e)}
+            continue
+        if x is None:
+            yield {"source": source, **no_digit_result()}
+            continue
+        row = {"source": source, **describe(classifier.predict(x[None])[0], classifier.class_names,
+                                            top_k, min_confidence)}
+        if save_dir is not None:
+            path = Path(save_dir) / _unique_name(source, names)
+            atomic_write_bytes(path, png_bytes(x))
+            row["preprocessed"] = str(path)
+        yield row
+
+
+def _unique_name(source: str, used: set[str]) -> str:
+    """<stem>.png for the 28x28 of source, with -2, -3... when two sources share a stem."""
+    stem = "stdin" if source == "-" else Path(source).stem
+    name, n = f"{stem}.png", 1
+    while name in used:
+        n += 1
+        name = f"{stem}-{n}.png"
+    used.add(name)
+    return name
+
+
+def png_bytes(x: np.ndarray) -> bytes:
+    """A uint8 array as PNG file content."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(x).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def format_prediction(row: dict) -> str:
+    """One line of `digitnet predict` output."""
+    if row["status"] == NO_DIGIT:
+        return f"{row['source']}: {NO_DIGIT}"
+    top = ", ".join(f"{t['digit']} {t['probability']:.1%}" for t in row["top_k"])
+    if row["status"] == "unknown":
+        return f"{row['source']}: unknown (best guess {row['best_guess']} at {row['confidence']:.1%})  top-{len(row['top_k'])}: {top}"
+    return f"{row['source']}: {row['digit']} ({row['confidence']:.1%})  top-{len(row['top_k'])}: {top}"
+
+
+def csv_row(row: dict) -> list:
+    top = ";".join(f"{t['digit']}:{t['probability']:.4f}" for t in row.get("top_k", []))
+    confidence = row.get("confidence")
+    return [row["source"], row.get("digit") or "", "" if confidence is None else f"{confidence:.4f}",
+            row.get("status", "error"), top, row.get("error", "")]
+
+
+def read_sources(args: list[str], classifier, min_confidence: float = 0.0, stdin=None):
+    """Yield (result with 'source', image) per source for `digitnet read`; image is None on error."""
+    for source, error in expand_sources(args):
+        if error is not None:
+            yield {"source": source, "error": error}, None
+            continue
+        try:
+            image = open_source(source, stdin)
+            yield {"source": source, **read_number(image, classifier, min_confidence)}, image
+        except DigitnetError as e:
+            yield {"source": source, "error": str(e)}, None
+
+
+def format_reading(row: dict) -> str:
+    """One line of `digitnet read` output."""
+    if row["status"] == NO_DIGIT:
+        return f"{row['source']}: {NO_DIGIT}"
+    each = ", ".join(f"{d['best_guess']} {d['confidence']:.0%}" for d in row["digits"])
+    return f"{row['source']}: {row['text']}  ({len(row['digits'])} digits: {each})"

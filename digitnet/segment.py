@@ -1,0 +1,197 @@
+"""Finding the digits of a written number in an ink map: one box (and stroke mask) per digit.
+
+The ink map comes from digitnet.preprocess.ink_map: (H, W) float32 in [0, 1], white ink on black,
+paper, lines and shadows already removed. Steps, all relative to the digit height so that they
+work at any resolution:
+
+1. label the stroke's 8-connected components (scipy.ndimage.label) and drop dust;
+2. merge the pieces of one digit: a broken stroke (pieces stacked over one another) and a short
+   piece right beside a digit (a 5's detached flag, a dot);
+3. split touching digits: a piece wider than one digit is cut at the thinnest columns of its
+   vertical projection. Width alone is ambiguous (a wide 0 is as wide as two narrow digits), so
+   when a `score` function is given (read_number passes the classifier's confidence) each
+   plausible number of digits is tried and the best-recognised cut wins.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+INK_LEVEL = 0.25      # fraction of the strongest ink that counts as stroke when labelling
+SPECK = 0.12          # pieces smaller than this fraction of the digit height, both ways, are dust
+MERGE_OVERLAP = 0.5   # broken strokes: pieces sharing this much of the narrower one's width
+SHORT = 0.75          # ... of which one is shorter than this fraction of the digit height
+DOT = 0.55            # a piece shorter than this fraction of the digit height...
+DOT_GAP = 0.25        # ... this close to a neighbour (same fraction) joins it, if the two fit one digit
+SPLIT_RATIO = 1.6     # wider than this times the usual digit width: touching digits, to be cut apart
+WIDTH_CAP = 0.75      # the usual digit width is at most this fraction of the height
+# MNIST digits are 0.35-1.1 times as wide as tall (5th-95th percentile; 1.4 at the 99th), so a
+# piece narrower than 0.9 heights holds one digit and each digit in a cut is 0.3-1.5 heights wide.
+ONE_DIGIT = 0.9
+MIN_WIDTH, MAX_WIDTH = 0.3, 1.5
+FLAT = 0.3            # groups lower than this fraction of the digit height are not digits
+BRIDGE = 0.04         # gaps in a stroke up to this fraction of the ink's height are closed
+PAD = 2               # pixels of anti-aliased edge kept around each digit's stroke
+
+
+@dataclass
+class Piece:
+    """One digit in the ink map: its tight box and which pixels of its padded region are its ink."""
+    box: tuple[int, int, int, int]     # (left, top, right, bottom), right/bottom exclusive, as PIL
+    region: tuple[int, int, int, int]  # box plus PAD, clipped to the image
+    mask: np.ndarray                   # bool (region height, region width)
+
+    def crop(self, ink: np.ndarray) -> np.ndarray:
+        """This digit's ink alone: float32 (region height, region width), other digits blanked."""
+        left, top, right, bottom = self.region
+        return np.where(self.mask, ink[top:bottom, left:right], 0).astype(np.float32)
+
+
+Score = Callable[[list[np.ndarray]], np.ndarray]  # ink crops -> confidence per crop, in (0, 1]
+
+
+def segment_digits(ink: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Boxes (left, top, right, bottom) of the digits in an ink map, left to right."""
+    return [p.box for p in find_digits(ink)]
+
+
+def find_digits(ink: np.ndarray, score: Score | None = None) -> list[Piece]:
+    """Digits in an ink map (H, W) float in [0, 1], white ink on black, ordered left to right."""
+    from scipy import ndimage
+
+    ink = np.asarray(ink, dtype=np.float32)
+    if ink.ndim != 2 or ink.size == 0 or not ink.max() > 0:
+        return []
+    stroke = ink > INK_LEVEL * float(ink.max())
+    # Pencil and weak pens leave a stroke in fragments: bridge gaps up to BRIDGE of the ink's height
+    # before labelling, then keep the labels on the stroke pixels only.
+    rows = np.flatnonzero(stroke.any(1))
+    if not len(rows):
+        return []
+    reach = round(BRIDGE * (rows[-1] - rows[0] + 1) / 2)
+    bridged = ndimage.binary_dilation(stroke, np.ones((3, 3)), iterations=reach) if reach else stroke
+    labels, count = ndimage.label(bridged, structure=np.ones((3, 3)))  # 8-connected, as a pen line
+    labels[~stroke] = 0
+    comps = [(i + 1, (s[1].start, s[0].start, s[1].stop, s[0].stop))
+             for i, s in enumerate(ndimage.find_objects(labels)) if s is not None]
+    if not comps:
+        return []
+    areas = ndimage.sum_labels(stroke, labels, range(1, count + 1))
+    # The digit height: the tallest of the substantial pieces (a third of the largest's ink or more);
+    # the median would be fooled by a flat 5 or 2 in a short number.
+    height = float(max(b[3] - b[1] for lab, b in comps if areas[lab - 1] >= areas.max() / 3))
+    comps = [(lab, box) for lab, box in comps if max(box[2] - box[0], box[3] - box[1]) >= SPECK * height]
+    groups = merge_broken([([lab], box) for lab, box in sorted(comps, key=lambda c: c[1][0])], height)
+    # What is still flat after merging is no digit: a dash, a line's remnant, a smudge.
+    groups = [(labs, box) for labs, box in groups if box[3] - box[1] >= FLAT * height]
+    # The usual width of one digit: the median group leaving out 1s (narrow), unless the groups are
+    # themselves touching pairs (then WIDTH_CAP of the height).
+    widths = [box[2] - box[0] for _, box in groups if box[2] - box[0] >= 0.4 * height]
+    usual = min(float(np.median(widths)) if widths else WIDTH_CAP * height, WIDTH_CAP * height)
+    # Each group's candidate cuts (one per plausible digit count, the width rule's guess first).
+    options = [split_options(labels, labs, box, usual, height, score is not None) for labs, box in groups]
+    if score is not None and any(len(o) > 1 for o in options):
+        # One call scores every candidate piece of every group: far cheaper than one call each.
+        crops = [p.crop(ink) for o in options if len(o) > 1 for cut in o for p in cut]
+        confidence = iter(np.log(np.clip(np.asarray(score(crops), dtype=float), 1e-6, 1.0)))
+        for k, o in enumerate(options):
+            if len(o) > 1:
+                # Mean log-confidence: a wrong cut leaves parts of digits the network is unsure of.
+                values = [np.mean([next(confidence) for _ in cut]) if cut else -math.inf for cut in o]
+                options[k] = [o[int(np.argmax(values))]]
+    pieces = [p for o in options for p in o[0]]
+    return sorted(pieces, key=lambda p: (p.box[0] + p.box[2]) / 2)
+
+
+def _union(a, b):
+    return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+
+
+def _gap(a, b) -> int:
+    """Chebyshev distance between two boxes (0 when they touch or overlap)."""
+    return max(a[0] - b[2], b[0] - a[2], a[1] - b[3], b[1] - a[3], 0)
+
+
+def merge_broken(groups: list, height: float) -> list:
+    """Join the pieces of one digit: stacked pieces of a broken stroke, and short pieces beside one."""
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(groups)):
+            for j in range(i + 1, len(groups)):
+                a, b = groups[i][1], groups[j][1]
+                overlap = min(a[2], b[2]) - max(a[0], b[0])
+                narrower = min(a[2] - a[0], b[2] - b[0])
+                shorter = min(a[3] - a[1], b[3] - b[1])
+                both = _union(a, b)
+                stacked = overlap >= MERGE_OVERLAP * narrower and shorter < SHORT * height
+                dot = (shorter < DOT * height and _gap(a, b) <= DOT_GAP * height
+                       and both[2] - both[0] <= 1.1 * height)
+                if stacked or dot:
+                    groups[i] = (groups[i][0] + groups[j][0], both)
+                    del groups[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return groups
+
+
+def digit_counts(width: int, height: float, usual: float, scored: bool) -> list[int]:
+    """How many digits a piece this wide may hold: the width rule's guess first, then the others."""
+    guess = max(2, round(width / usual)) if width > SPLIT_RATIO * usual and width > 1.1 * height else 1
+    if not scored or width <= ONE_DIGIT * height:
+        return [guess]
+    lowest = max(1, math.ceil(width / (MAX_WIDTH * height)))
+    highest = max(lowest, math.floor(width / (MIN_WIDTH * height)))
+    return [guess] + [n for n in range(lowest, min(highest, guess + 2) + 1) if n != guess]
+
+
+def split_options(labels, labs: list[int], box, usual: float, height: float,
+                  scored: bool) -> list[list[Piece]]:
+    """One merged group -> the ways to cut it into digits, at the thinnest columns, best guess first."""
+    left, top, right, bottom = box
+    mask = np.isin(labels[top:bottom, left:right], labs)  # (h, w) this group's stroke only
+    counts = digit_counts(right - left, max(height, bottom - top), usual, scored)
+    return [_cut(labels.shape, mask, left, top, n) for n in counts]
+
+
+def _cut(shape, mask: np.ndarray, left: int, top: int, n: int) -> list[Piece]:
+    """Cut a group's mask into n parts at the columns of least ink near each 1/n of its width."""
+    width = mask.shape[1]
+    columns = mask.sum(0).astype(float)
+    step = width / n
+    cuts = [0]
+    for k in range(1, n):
+        lo, hi = max(int(k * step - 0.3 * step), cuts[-1] + 1), min(int(k * step + 0.3 * step) + 1, width - 1)
+        if lo >= hi:
+            continue
+        window = columns[lo:hi]
+        # Among equally thin columns take the one nearest the expected boundary.
+        candidates = np.flatnonzero(window == window.min()) + lo
+        cuts.append(int(candidates[np.argmin(abs(candidates - k * step))]))
+    cuts.append(width)
+    pieces = []
+    for c0, c1 in zip(cuts[:-1], cuts[1:]):
+        part = np.zeros_like(mask)
+        part[:, c0:c1] = mask[:, c0:c1]
+        if part.any():
+            pieces.append(_piece(shape, part, left, top))
+    return pieces
+
+
+def _piece(shape, part: np.ndarray, left: int, top: int) -> Piece:
+    """A Piece from a part mask given at (left, top): tight box, then padded so anti-aliasing comes along."""
+    from scipy import ndimage
+
+    rows, cols = np.flatnonzero(part.any(1)), np.flatnonzero(part.any(0))
+    tight = (left + int(cols[0]), top + int(rows[0]), left + int(cols[-1]) + 1, top + int(rows[-1]) + 1)
+    region = (max(0, tight[0] - PAD), max(0, tight[1] - PAD), min(shape[1], tight[2] + PAD),
+              min(shape[0], tight[3] + PAD))
+    mask = np.zeros((region[3] - region[1], region[2] - region[0]), bool)
+    ys, xs = np.nonzero(part)
+    mask[ys + top - region[1], xs + left - region[0]] = True
+    return Piece(tight, region, ndimage.binary_dilation(mask, iterations=PAD))

@@ -1,0 +1,379 @@
+"""predict, read, calibrate and evaluate --coverage: files in, answers out, bad files refused clearly.
+
+Images are MNIST *test* digits drawn as dark ink on light paper, large, so every test goes through
+the real pipeline (load_image -> ink_map -> segmentation -> ink_to_mnist -> network). Which digits a
+test uses is decided by the model itself on the original 28x28 (confidently right), so the tests
+check the reading pipeline, not how good the small test model is.
+"""
+import csv
+import io
+import json
+import struct
+import sys
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from digitnet.cli import main
+from digitnet.data import load_split
+from digitnet.errors import DigitnetError
+from digitnet.read import DEFAULT_MODEL, load_classifier, predict_image, read_number
+from digitnet.segment import find_digits, segment_digits
+
+SCALE = 4  # MNIST pixels -> photo pixels
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_run):
+    """The shipped default model when present (what users get), else the session's tiny run."""
+    return str(DEFAULT_MODEL if (DEFAULT_MODEL / "model.json").exists() else tiny_run.run_dir)
+
+
+@pytest.fixture(scope="module")
+def classifier(model_dir):
+    return load_classifier(model_dir)
+
+
+@pytest.fixture(scope="module")
+def mnist_test():
+    return load_split("mnist", "test")
+
+
+@pytest.fixture(scope="module")
+def sure(classifier, mnist_test):
+    """Per class, test digits the model gets right on the plain 28x28, most confident first."""
+    x, y = mnist_test
+    probs = classifier.predict(x[:2000])
+    confidence = probs.max(1)
+    good = [i for i in np.argsort(-confidence) if probs[i].argmax() == y[i] and confidence[i] >= 0.6]
+    by_class = {d: [int(i) for i in good if y[i] == d] for d in range(10)}
+    assert all(by_class.values()), "the test model should know every class"
+    return by_class
+
+
+def paper(ink: np.ndarray, margin: int = 24) -> Image.Image:
+    """White-on-black float ink (H, W) in [0, 1] -> dark blue-black pen on light grey paper, enlarged."""
+    big = np.asarray(Image.fromarray((ink * 255).astype(np.uint8)).resize(
+        (ink.shape[1] * SCALE, ink.shape[0] * SCALE), Image.BILINEAR), np.float32) / 255
+    big = np.pad(big, margin)
+    rng = np.random.default_rng(0)
+    page = 225 + rng.normal(0, 3, big.shape) - 175 * big
+    rgb = np.stack([page, page, page + 12 * big], -1)
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def digit_ink(x: np.ndarray, i: int) -> np.ndarray:
+    """One MNIST digit as float ink, cropped to its columns (so a strip's spacing is what we set)."""
+    d = x[i].astype(np.float32) / 255
+    cols = np.flatnonzero(d.max(0) > 0.1)
+    return d[:, cols[0]:cols[-1] + 1]
+
+
+def strip(digits: list[np.ndarray], gap: int) -> np.ndarray:
+    """Digits side by side, gap columns apart (negative: overlapping, i.e. touching)."""
+    width = sum(d.shape[1] for d in digits) + gap * (len(digits) - 1)
+    out = np.zeros((28, width), np.float32)
+    pos = 0
+    for d in digits:
+        out[:, pos:pos + d.shape[1]] = np.maximum(out[:, pos:pos + d.shape[1]], d)
+        pos += d.shape[1] + gap
+    return out
+
+
+@pytest.fixture(scope="module")
+def singles(tmp_path_factory, mnist_test, sure):
+    """Three single-digit photos in a folder, and their labels."""
+    x, y = mnist_test
+    folder = tmp_path_factory.mktemp("singles")
+    labels = {}
+    for name, d in (("a", 3), ("b", 7), ("c", 0)):
+        i = sure[d][0]
+        paper(digit_ink(x, i)).save(folder / f"{name}.png")
+        labels[f"{name}.png"] = str(d)
+    return folder, labels
+
+
+def test_predict_reads_photos_as_text_json_and_csv(singles, model_dir, capsys):
+    folder, labels = singles
+    assert main(["predict", str(folder), "--model", model_dir]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and all("top-3:" in line for line in lines)
+
+    assert main(["predict", str(folder), "--model", model_dir, "--json", "--top-k", "2"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["source"].split("/")[-1] for r in rows] == ["a.png", "b.png", "c.png"]
+    for r in rows:
+        assert r["status"] == "ok" and r["digit"] == labels[r["source"].split("/")[-1]]
+        assert len(r["top_k"]) == 2 and r["top_k"][0]["digit"] == r["digit"]
+        assert r["top_k"][0]["probability"] >= r["top_k"][1]["probability"]
+        assert len(r["probs"]) == 10 and abs(sum(r["probs"]) - 1) < 1e-4
+
+    assert main(["predict", str(folder / "*.png"), "--model", model_dir, "--csv"]) == 0
+    table = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert table[0] == ["source", "digit", "confidence", "status", "top_k", "error"]
+    assert [row[1] for row in table[1:]] == [labels[n] for n in ("a.png", "b.png", "c.png")]
+    assert all(0 < float(row[2]) <= 1 and row[3] == "ok" for row in table[1:])
+
+
+def test_predict_from_stdin_and_saves_what_the_model_saw(singles, model_dir, classifier, tmp_path,
+                                                         capsys, monkeypatch):
+    folder, labels = singles
+    data = (folder / "b.png").read_bytes()
+    monkeypatch.setattr(sys, "stdin", type("Stdin", (), {"buffer": io.BytesIO(data)})())
+    out = tmp_path / "seen"
+    assert main(["predict", "-", "--model", model_dir, "--json", "--save-preprocessed", str(out)]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["source"] == "-" and row["digit"] == labels["b.png"]
+    seen = np.asarray(Image.open(out / "stdin.png"))
+    assert seen.shape == (28, 28) and seen.dtype == np.uint8 and seen.max() > 200
+    # What was saved is exactly what the network was given.
+    probs = classifier.predict(seen)[0]
+    assert np.allclose(probs, row["probs"], atol=1e-5)
+
+
+def test_one_bad_file_among_good_ones(singles, model_dir, tmp_path, capsys):
+    folder, labels = singles
+    (tmp_path / "notes.png").write_text("this is not an image")
+    (tmp_path / "empty.png").write_bytes(b"")
+    good = folder / "a.png"
+    code = main(["predict", str(tmp_path / "notes.png"), str(good), str(tmp_path / "empty.png"),
+                 str(tmp_path / "missing.png"), "--model", model_dir])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.out.strip().splitlines() == [line for line in captured.out.strip().splitlines()
+                                                 if line.startswith(str(good))]
+    assert f": {labels['a.png']} (" in captured.out
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 3 and all(e.startswith("digitnet: error: ") for e in errors)
+    assert "notes.png" in errors[0] and "empty.png" in errors[1] and "missing.png" in errors[2]
+    assert "Traceback" not in captured.err
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def bad_files() -> dict[str, bytes]:
+    """Files people really send by mistake, and hostile ones."""
+    good = png(Image.new("L", (40, 40), 255))
+    bomb = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
+            + _png_chunk(b"IDAT", zlib.compress(b"")) + _png_chunk(b"IEND", b""))
+    zero = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 0, 0, 8, 0, 0, 0, 0))
+            + _png_chunk(b"IEND", b""))
+    frames = [Image.new("L", (40, 40), v) for v in (0, 255)]
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return {"text.png": b"hello", "empty.jpg": b"", "truncated.png": good[: len(good) // 2],
+            "bomb.png": bomb, "zero.png": zero, "animated.gif": gif.getvalue()}
+
+
+@pytest.mark.parametrize("name", list(bad_files()))
+def test_bad_input_gives_a_clear_error(name, model_dir, tmp_path, capsys):
+    path = tmp_path / name
+    path.write_bytes(bad_files()[name])
+    for command in ("predict", "read"):
+        assert main([command, str(path), "--model", model_dir]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"digitnet: error: {path}: ") and err.count("\n") == 1, err
+
+
+def test_blank_image_says_no_digit_found(model_dir, classifier, tmp_path, capsys):
+    blank = Image.new("RGB", (300, 200), (236, 232, 220))
+    assert predict_image(blank, classifier)["status"] == "no digit found"
+    assert read_number(blank, classifier)["text"] == ""
+    blank.save(tmp_path / "blank.png")
+    assert main(["predict", str(tmp_path / "blank.png"), "--model", model_dir]) == 0
+    assert capsys.readouterr().out.strip().endswith("blank.png: no digit found")
+
+
+def test_min_confidence_answers_unknown(mnist_test, sure, classifier, model_dir, tmp_path, capsys):
+    x, _ = mnist_test
+    # A 3 written over an 8: no honest model is sure of that.
+    blend = np.maximum(x[sure[3][0]], x[sure[8][0]]).astype(np.float32) / 255
+    paper(blend).save(tmp_path / "blend.png")
+    assert main(["predict", str(tmp_path / "blend.png"), "--model", model_dir, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["status"] == "ok" and row["confidence"] < 1.0
+    threshold = (row["confidence"] + 1) / 2
+    assert main(["predict", str(tmp_path / "blend.png"), "--model", model_dir, "--json",
+                 "--min-confidence", str(threshold)]) == 0
+    (row2,) = json.loads(capsys.readouterr().out)
+    assert row2["digit"] == "unknown" and row2["status"] == "unknown"
+    assert row2["best_guess"] == row["digit"]
+    assert main(["predict", str(tmp_path / "blend.png"), "--model", model_dir,
+                 "--min-confidence", "1.5"]) == 1
+    assert "between 0 and 1" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Segmentation
+
+
+def test_segment_digits_finds_each_digit_in_order(mnist_test):
+    x, y = mnist_test
+    idx = [0, 1, 2, 3, 4, 5]
+    ink = np.pad(strip([digit_ink(x, i) for i in idx], gap=5), 8)
+    boxes = segment_digits(ink)
+    assert len(boxes) == len(idx)
+    lefts = [b[0] for b in boxes]
+    assert lefts == sorted(lefts)
+    # Each box lies within the columns where its digit was placed.
+    pos = 8
+    for box, i in zip(boxes, idx):
+        w = digit_ink(x, i).shape[1]
+        assert pos - 1 <= box[0] and box[2] <= pos + w + 1
+        pos += w + 5
+
+
+def _wide(x, labels_or_sure, count=2):
+    """Digits at least 0.75 times as wide as tall: two of them touching are clearly two."""
+    out = []
+    for i in labels_or_sure:
+        d = x[i] > 25
+        rows, cols = np.flatnonzero(d.any(1)), np.flatnonzero(d.any(0))
+        if (cols[-1] - cols[0] + 1) >= 0.75 * (rows[-1] - rows[0] + 1):
+            out.append(i)
+        if len(out) == count:
+            return out
+    raise AssertionError("no wide digits")
+
+
+def test_touching_digits_are_split(mnist_test, sure):
+    x, y = mnist_test
+    a, b = _wide(x, sure[0], 1)[0], _wide(x, sure[8], 1)[0]
+    ink = np.pad(strip([digit_ink(x, a), digit_ink(x, b)], gap=-1), 8)
+    from scipy import ndimage
+
+    assert ndimage.label(ink > 0.25, structure=np.ones((3, 3)))[1] == 1  # really one piece of ink
+    boxes = segment_digits(ink)
+    assert len(boxes) == 2 and boxes[0][2] <= boxes[1][0] + 2
+
+
+def test_broken_stroke_and_detached_piece_are_merged(mnist_test, sure):
+    x, y = mnist_test
+    d = x[sure[7][0]].astype(np.float32) / 255
+    broken = d.copy()
+    rows = np.flatnonzero(d.max(1) > 0.1)
+    cut = (rows[0] + rows[-1]) // 2
+    broken[cut - 1:cut + 1] = 0  # a pen lifted half-way down the 7
+    from scipy import ndimage
+
+    assert ndimage.label(broken > 0.25, structure=np.ones((3, 3)))[1] >= 2
+    ink = np.pad(np.concatenate([broken, np.zeros((28, 6)), digit_ink(x, sure[1][0])], 1), 8)
+    assert len(segment_digits(ink)) == 2
+    # A dot-like piece right beside a digit joins it; a tiny speck far away is dust.
+    ink = np.pad(digit_ink(x, sure[2][0]), ((8, 8), (8, 40)))
+    right = np.flatnonzero(ink.max(0) > 0.25)[-1]
+    ink[20:23, right + 2:right + 5] = 1.0
+    ink[5, -5] = 1.0
+    assert len(segment_digits(ink)) == 1
+    assert segment_digits(np.zeros((30, 30), np.float32)) == []
+
+
+def test_read_number_on_a_photo_of_a_written_number(mnist_test, sure, classifier, model_dir, tmp_path,
+                                                    capsys):
+    x, y = mnist_test
+    digits = [4, 0, 7, 1, 9]
+    idx = [sure[d][1] for d in digits]
+    image = paper(strip([digit_ink(x, i) for i in idx], gap=4))
+    result = read_number(image, classifier)
+    assert result["text"] == "40719"
+    assert [d["digit"] for d in result["digits"]] == ["4", "0", "7", "1", "9"]
+    for d in result["digits"]:
+        left, top, right, bottom = d["box"]
+        assert 0 <= left < right <= image.width and 0 <= top < bottom <= image.height
+        assert len(d["probs"]) == 10 and 0 < d["confidence"] <= 1
+    image.save(tmp_path / "number.png")
+    out = tmp_path / "boxes.png"
+    assert main(["read", str(tmp_path / "number.png"), "--model", model_dir, "--json",
+                 "--annotate", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == "40719"
+    assert Image.open(out).size == image.size
+    assert main(["read", str(tmp_path / "number.png"), "--model", model_dir]) == 0
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'number.png'}: 40719  (5 digits:")
+
+
+def test_read_number_splits_touching_digits_with_the_classifier(mnist_test, sure, classifier):
+    x, y = mnist_test
+    a, b = _wide(x, sure[2], 1)[0], _wide(x, sure[5], 1)[0]
+    image = paper(np.pad(strip([digit_ink(x, a), digit_ink(x, b), digit_ink(x, sure[3][0])], gap=-1), 2))
+    assert read_number(image, classifier)["text"] == "253"
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration and coverage
+
+
+def test_expected_calibration_error_by_hand():
+    from digitnet.calibration import expected_calibration_error
+
+    probs = np.tile([[0.8, 0.2]], (10, 1))
+    assert expected_calibration_error(probs, np.array([0] * 8 + [1] * 2)) == pytest.approx(0.0)
+    assert expected_calibration_error(probs, np.zeros(10, int)) == pytest.approx(0.2)
+    assert expected_calibration_error(probs, np.ones(10, int)) == pytest.approx(0.8)
+
+
+def test_temperature_scaling_cures_an_over_confident_model(classifier, mnist_test):
+    import torch
+
+    from digitnet.calibration import calibrate_logits
+    from digitnet.model import predict_logits
+
+    x, y = mnist_test
+    logits = predict_logits(classifier.model, torch.from_numpy(x[:2000]))
+    fitted = calibrate_logits(logits, y[:2000], "test")["temperature"]
+    # Five times the logits: the same answers, far more sure of them. The fit must undo it.
+    loud = calibrate_logits(logits * 5, y[:2000], "test")
+    assert loud["temperature"] == pytest.approx(5 * fitted, rel=0.02)
+    assert loud["ece_after"] < loud["ece_before"] / 2
+
+
+@pytest.fixture(scope="module")
+def holdout_run(tmp_path_factory):
+    import digitnet
+
+    out = tmp_path_factory.mktemp("holdout")
+    return digitnet.train(epochs=1, limit_train=1500, val_size=1000, out_dir=str(out), name="h",
+                          log="quiet", plots=False, seed=1)
+
+
+def test_calibrate_stores_the_temperature_and_keeps_the_weights(holdout_run, tiny_run, capsys):
+    from digitnet.model import read_meta, weights_digest
+
+    run = str(holdout_run.run_dir)
+    before = read_meta(run)
+    assert main(["calibrate", run]) == 0
+    out = capsys.readouterr().out
+    assert "temperature" in out and "before" in out and "after" in out
+    meta = read_meta(run)
+    cal = meta["calibration"]
+    assert cal["temperature"] > 0 and cal["ece_bins"] == 15
+    assert "holdout: 1000 training images" in cal["fitted_on"]
+    assert 0 <= cal["ece_after"] <= cal["ece_before"]
+    assert meta["weights_sha256"] == before["weights_sha256"] == weights_digest(run)
+    assert load_classifier(run).temperature == pytest.approx(cal["temperature"])
+    # A run validated on the test set has nothing held out: refuse rather than fit on the test set.
+    assert main(["calibrate", str(tiny_run.run_dir)]) == 1
+    assert "val_size 0" in capsys.readouterr().err
+
+
+def test_evaluate_coverage_table_and_plot(holdout_run, capsys):
+    run = holdout_run.run_dir
+    assert main(["evaluate", str(run), "--limit", "1000", "--coverage"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy vs coverage" in out and "--min-confidence" in out
+    assert (run / "plots" / "coverage.png").exists()
+    rows = json.loads((run / "evaluation.json").read_text())["coverage"]["rows"]
+    assert [r["coverage"] for r in rows] == [1.0, 0.99, 0.98, 0.95, 0.9, 0.8]
+    assert rows[0]["answered"] == 1000 and rows[-1]["answered"] == 800
+    thresholds = [r["min_confidence"] for r in rows]
+    assert thresholds == sorted(thresholds)  # answering fewer needs a higher threshold
+    assert rows[-1]["accuracy"] > rows[0]["accuracy"]  # the confident 80% are right more often
