@@ -10,7 +10,6 @@ complete and verified or ignored. Only the newest `keep_checkpoints` are kept.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -81,7 +80,7 @@ def save_checkpoint(run_dir: str | Path, tensors: dict[str, torch.Tensor], meta:
     meta["meta_sha256"] = meta_digest(meta)
     atomic_write_bytes(folder / f"{stem}.json", (json.dumps(meta, indent=1) + "\n").encode())
     fsync_dir(folder)
-    for old in checkpoint_files(run_dir)[:-keep]:
+    for old in checkpoint_files(run_dir)[:-max(keep, 1)]:
         old.unlink(missing_ok=True)  # the JSON first: a tensors file without it is never used
         (folder / f"{old.stem}.safetensors").unlink(missing_ok=True)
     for stale in folder.glob(".*.tmp"):  # temp files of a writer that was killed
@@ -277,7 +276,8 @@ def check_compatible(ckpt: Checkpoint, cfg: TrainConfig, model: torch.nn.Module,
     where = f"checkpoint {ckpt.path}"
     saved = {k: v for k, v in ckpt.meta["config"].items() if k not in RUNTIME_FIELDS}
     now = {k: v for k, v in vars(cfg).items() if k not in RUNTIME_FIELDS}
-    diff = [f"{k}: checkpoint {saved.get(k)!r}, this run {v!r}" for k, v in now.items() if saved.get(k) != v]
+    # A setting the checkpoint lacks was added later; its default is what that run used.
+    diff = [f"{k}: checkpoint {saved[k]!r}, this run {v!r}" for k, v in now.items() if saved.get(k, v) != v]
     if diff:
         raise DigitnetError(f"{where} comes from an incompatible configuration ({'; '.join(diff)})")
     expected = {k: tuple(v.shape) for k, v in model_tensors(model).items()}
@@ -288,8 +288,3 @@ def check_compatible(ckpt: Checkpoint, cfg: TrainConfig, model: torch.nn.Module,
     if ckpt.meta["dataset_sha256"] != dataset_sha or ckpt.meta["train_images"] != n_train:
         raise DigitnetError(f"{where} was trained on other data ({ckpt.meta['train_images']} images, "
                             f"different files); resume with the same dataset")
-
-
-def digest_tensor(t: torch.Tensor) -> str:
-    """SHA-256 of a tensor's bytes, for tests and logs comparing weights bit for bit."""
-    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
