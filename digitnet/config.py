@@ -60,9 +60,11 @@ class TrainConfig:
 RECIPES: dict[str, dict] = {
     # The notebook exactly: 3 epochs, batch 32, Adam 1e-3, test set as validation.
     "seed": {},
-    # Same network, trained for speed: large batches need a warm-up schedule to stay stable.
-    "fast": {"epochs": 3, "batch_size": 256, "lr": 3e-3, "schedule": "onecycle", "warmup": 0.25,
-             "label_smoothing": 0.05},
+    # Same network, trained for speed: batch 128 keeps bf16 kernels busy while leaving enough steps;
+    # one-cycle warm-up lets it take lr 6e-3. Chosen on a 10,000-image hold-out (--val-size 10000),
+    # never the test set: 2 epochs reached 99.15% there (README, Speed).
+    "fast": {"epochs": 2, "batch_size": 128, "lr": 6e-3, "schedule": "onecycle", "warmup": 0.25,
+             "label_smoothing": 0.1},
     # Accuracy: the batch-norm CNN on randomly rotated/zoomed/shifted/sheared digits, one-cycle
     # schedule; 5,000 training images held out so epochs and settings are chosen without the test set.
     "best": {"model": "strong", "augment": "affine", "epochs": 12, "batch_size": 128, "lr": 3e-3,
