@@ -51,7 +51,7 @@ canvas.addEventListener("pointerdown", (e) => {
   e.preventDefault();
   canvas.setPointerCapture(e.pointerId);
   drawing = true;
-  upload = null;
+  if (upload) { clearCanvas(); upload = null; }  // drawing after an upload starts a fresh digit
   last = point(e);
   stroke(last, last);  // a tap leaves a dot
   schedule();
@@ -157,7 +157,7 @@ function showError(text) {
 }
 
 function showResult(data) {
-  const pct = Math.round(data.confidence * 100);
+  const pct = (data.confidence * 100).toFixed(1);
   const guess = data.best_guess;
   const second = data.top_k.length > 1 ? data.top_k[1].digit : "?";
   answer.dataset.state = data.unsure ? "unsure" : "done";
