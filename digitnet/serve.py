@@ -350,7 +350,7 @@ def create_app(model_dir: str | Path | None = None, classifier=None, max_body_by
             from digitnet.explain import feature_maps
 
             result["layers"] = encode_maps(await batcher.run(feature_maps, classifier.model, x28))
-        return result
+        return JSONResponse(result)  # plain JSON types already: skip FastAPI's slower jsonable_encoder
 
     @app.post("/api/read", openapi_extra=IMAGE_BODY)
     async def read(request: Request):
