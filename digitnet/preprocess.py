@@ -75,13 +75,30 @@ def load_image(source: str | Path | bytes) -> Image.Image:
         except DigitnetError:
             raise
         except Image.DecompressionBombError:
-            raise DigitnetError(f"{name}: too many pixels (decompression bomb?); the limit is "
-                                f"{MAX_PIXELS:,} pixels") from None
+            raise DigitnetError(f"{name}: too large (decompression bomb?); the limit is "
+                                f"{MAX_PIXELS:,} pixels and sides under {MAX_SIDE}") from None
         except Image.UnidentifiedImageError:
+            size = header_size(bytes(source[:32]) if isinstance(source, (bytes, bytearray)) else read_head(fp))
+            if size is not None and 0 in size:
+                raise DigitnetError(f"{name}: the image has zero size ({size[0]}x{size[1]})") from None
             raise DigitnetError(f"{name}: not an image Pillow can read (try PNG or JPEG)") from None
         except (OSError, SyntaxError, ValueError, EOFError) as e:
             raise DigitnetError(f"{name}: broken or truncated image ({e})") from None
     return image
+
+
+def read_head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(32)
+
+
+def header_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG or GIF header, which Pillow will not open when a side is 0."""
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if head[:4] == b"GIF8" and len(head) >= 10:
+        return int.from_bytes(head[6:8], "little"), int.from_bytes(head[8:10], "little")
+    return None
 
 
 def check_header(im: Image.Image, name: str) -> None:
@@ -185,8 +202,12 @@ def small_copy(a: np.ndarray, side: int) -> np.ndarray:
 def dark_ink(grey: np.ndarray) -> bool:
     """True for dark ink on light paper: the larger excess beyond the noise lies on the dark side."""
     s = small_copy(grey, 256)
-    k = max(3, int(0.4 * min(s.shape)) | 1)
-    res = s - ndimage.median_filter(s, size=k, mode="reflect") if min(s.shape) >= 48 else s - np.median(s)
+    if min(s.shape) >= 48:  # paper level from a median over 40% of the side, taken on a 48-pixel copy
+        coarse = small_copy(s, 48)
+        level = ndimage.median_filter(coarse, size=max(3, int(0.4 * min(coarse.shape))), mode="reflect")
+        res = s - np.asarray(Image.fromarray(level, "F").resize(s.shape[::-1], Image.BILINEAR))
+    else:
+        res = s - np.median(s)
     sigma = 1.4826 * np.median(np.abs(res - np.median(res))) + 1e-3
     dark = np.clip(-res - 3 * sigma, 0, None).sum()
     light = np.clip(res - 3 * sigma, 0, None).sum()
@@ -194,43 +215,64 @@ def dark_ink(grey: np.ndarray) -> bool:
 
 
 def background(grey: np.ndarray) -> np.ndarray:
-    """Paper brightness at every pixel, for dark ink: a high local percentile over a wide window.
+    """Paper brightness at every pixel, for dark ink: a morphological closing wider than any stroke.
 
-    The window is 40% of the short side, wider than strokes, so the percentile sees paper even in
-    a dense digit; smoothing keeps texture out. Small images (MNIST-sized) get one global level.
+    Closing (max then min over a square a quarter of the short side) erases dark strokes narrower
+    than the square but keeps large dark areas, edges included: a hard shadow stays background instead
+    of becoming a band of "ink". Light smoothing first keeps noise from lifting the maximum (both
+    filters are separable, so this costs little). Small images (MNIST-sized) get one paper level.
     """
     h, w = grey.shape
     if min(h, w) < 64:
         return np.full_like(grey, max(float(np.percentile(grey, 90)), 1e-3))
-    s = small_copy(grey, 96)
-    k = max(3, int(0.4 * min(s.shape)))
-    bg = ndimage.percentile_filter(s, 85, size=k, mode="reflect")
-    bg = ndimage.gaussian_filter(bg, k / 4, mode="nearest")
-    return np.asarray(Image.fromarray(bg, "F").resize((w, h), Image.BILINEAR), dtype=np.float32)
+    k = max(3, int(0.25 * min(h, w)))
+    smooth = ndimage.gaussian_filter(grey, 1.0)
+    bg = ndimage.minimum_filter(ndimage.maximum_filter(smooth, size=k), size=k)
+    # Smoothing softens a hard shadow edge by a pixel, which would leave a thin line of "ink" along
+    # it; the closing of the raw image keeps the edge, so take the lower of the two.
+    return np.minimum(bg, ndimage.minimum_filter(ndimage.maximum_filter(grey, size=k), size=k))
 
 
 def remove_lines(ink: np.ndarray) -> np.ndarray:
     """Subtract ruled or squared notebook lines: thin straight ink running across most of the image.
 
     The page may be rotated, so the lines' angle is found first (the one giving the sharpest row
-    profile). A long 1-D opening then keeps only straight runs longer than 70% of the image, which no
-    digit stroke is; a set is removed only if at least two parallel lines are found.
+    profile). A long 1-D opening then keeps only straight runs across 70% of the image, which no
+    digit stroke is; that needs two or more parallel lines, while a lone line (a margin) must run
+    across 90%, so that a long straight stroke of a tightly cropped 1 or 7 survives.
     """
     angle = line_angle(ink)
-    out = ink
+    rot = ndimage.rotate(ink, angle, reshape=False, order=1, mode="nearest") if angle else ink
+    found = np.zeros_like(ink)
     for axis in (0, 1):  # 0: horizontal lines (runs along x), 1: vertical lines
-        rot = ndimage.rotate(out, angle, reshape=False, order=1) if angle else out
-        run = int(0.7 * rot.shape[1 - axis])
+        length = rot.shape[1 - axis]
         thick = ndimage.maximum_filter1d(rot, 3, axis=axis)  # tolerate a pixel of waviness
-        lines = ndimage.maximum_filter1d(ndimage.minimum_filter1d(thick, run, axis=1 - axis), run, axis=1 - axis)
+        lines = opening1d(thick, int(0.7 * length), 1 - axis)
         profile = lines.mean(axis=1 - axis)
-        peaks = ndimage.label(profile > 0.15)[1]
-        if peaks < 2:
+        top = float(profile.max())
+        if top < 0.02:
             continue
-        if angle:
-            lines = ndimage.rotate(lines, -angle, reshape=False, order=1)
-        out = np.clip(out - np.minimum(lines, out), 0, 1)
-    return out
+        peaks = ndimage.label(profile > 0.4 * top)[1]
+        if peaks < 2:
+            lines = opening1d(thick, int(0.9 * length), 1 - axis)
+            if lines.mean(axis=1 - axis).max() < 0.5 * top:
+                continue
+        # Widen to the line's full width (the opening keeps only its straightest core), and take
+        # both sets from the same map, so crossings stay intact for the second set.
+        found = np.maximum(found, ndimage.maximum_filter1d(lines, 5, axis=axis))
+    if not found.any():
+        return ink
+    if angle:
+        found = ndimage.rotate(found, -angle, reshape=False, order=1)
+    # Resampling halves a thin line's value in places, so a pixel up to 2.5x the line estimate is
+    # line and goes; a stronger one is ink crossing the line and keeps what exceeds the line.
+    on_line = (found > 0.02) & (ink <= 2.5 * found)
+    return np.where(on_line, 0, np.clip(ink - found, 0, 1)).astype(np.float32)
+
+
+def opening1d(a: np.ndarray, run: int, axis: int) -> np.ndarray:
+    """What survives of `a` along runs of `run` pixels: grey opening with a 1-D line."""
+    return ndimage.maximum_filter1d(ndimage.minimum_filter1d(a, run, axis=axis), run, axis=axis)
 
 
 def line_angle(ink: np.ndarray) -> float:
@@ -246,29 +288,44 @@ def line_angle(ink: np.ndarray) -> float:
 
 
 def normalise(ink: np.ndarray) -> np.ndarray:
-    """Soft threshold above the noise and stretch so strong ink reaches 1; specks and borders dropped."""
-    sigma = 1.4826 * float(np.median(np.abs(ink - np.median(ink))))
-    strong = ink[ink > max(4 * sigma, 0.05)]
+    """Soft threshold above the paper's noise, stretch so strong ink reaches 1; drop specks and borders."""
+    if min(ink.shape) >= 64:
+        # Photos: paper grain is clumpy and one-sided, so smooth a little, then median and MAD.
+        ink = ndimage.gaussian_filter(ink, 0.7)
+        base = float(np.median(ink))
+        sigma = 1.4826 * float(np.median(np.abs(ink - base)))
+    else:
+        # Small, often tightly cropped images: ink may cover half of them, so the paper level and
+        # its noise come from the darker pixels only.
+        base = float(np.percentile(ink, 30))
+        below = ink[ink <= base]
+        sigma = 1.4826 * float(np.median(base - below)) if below.size else 0.0
+    strong = ink[ink > base + max(4 * sigma, 0.05)]
     if strong.size == 0:
         return np.zeros_like(ink, dtype=np.float32)
     peak = float(np.percentile(strong, 90))
-    low = max(4 * sigma, 0.06 * peak)
+    low = base + max(4 * sigma, 0.06 * (peak - base))
     ink = np.clip((ink - low) / max(peak - low, 1e-6), 0, 1).astype(np.float32)
     return drop_specks_and_borders(ink)
 
 
 def drop_specks_and_borders(ink: np.ndarray) -> np.ndarray:
-    """Zero tiny components and ones lying along an image edge (paper edges, frame shadows)."""
+    """Zero tiny components, and bands along an image edge (a paper edge, the table, a frame)."""
     labels, n = ndimage.label(ink > INK_LEVEL, structure=np.ones((3, 3)))
     if n == 0:
         return np.zeros_like(ink)
+    index = np.arange(1, n + 1)
     areas = np.bincount(labels.ravel(), minlength=n + 1)
     keep = areas >= max(3, 0.005 * areas[1:].max())
-    keep[0] = False
     h, w = ink.shape
-    for edge, length in ((labels[0], w), (labels[-1], w), (labels[:, 0], h), (labels[:, -1], h)):
-        along = np.bincount(edge, minlength=n + 1)
-        keep &= along <= 0.35 * length
+    cy, cx = np.array(ndimage.center_of_mass(np.ones_like(ink), labels, index)).reshape(-1, 2).T
+    # A band covers half an edge and has its centre of mass near it; a tightly cropped digit that
+    # touches the edge has its centre further in.
+    sides = ((labels[0], w, cy < 0.2 * h), (labels[-1], w, cy > 0.8 * h),
+             (labels[:, 0], h, cx < 0.2 * w), (labels[:, -1], h, cx > 0.8 * w))
+    for edge, length, near in sides:
+        along = np.bincount(edge, minlength=n + 1)[1:]
+        keep[1:] &= ~((along > 0.5 * length) & near)
     keep[0] = True  # background pixels below INK_LEVEL keep their faint anti-aliased values ...
     mask = keep[labels]
     # ... unless they only fringe a dropped component.

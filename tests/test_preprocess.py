@@ -1,0 +1,242 @@
+"""Preprocessing: every image mode, EXIF, polarity, notebook lines, blanks, bad files, MNIST passthrough."""
+import importlib.util
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from digitnet.errors import DigitnetError
+from digitnet.preprocess import ink_map, ink_to_mnist, load_image, to_mnist
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def seven(size=(120, 140), ink=30, paper=235, width=9) -> Image.Image:
+    """A hand-drawn-looking 7, dark ink on light paper, off-centre."""
+    im = Image.new("L", size, paper)
+    ImageDraw.Draw(im).line([(30, 30), (90, 34), (52, 118)], fill=ink, width=width, joint="curve")
+    return im
+
+
+def similar(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of two 28x28 arrays."""
+    return float(np.corrcoef(a.ravel().astype(float), b.ravel().astype(float))[0, 1])
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that only claims a size: a bomb costs a few bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_output_is_mnist_like():
+    x = to_mnist(seven())
+    assert x.shape == (28, 28) and x.dtype == np.uint8 and x.max() == 255
+    ys, xs = np.nonzero(x > 0)
+    assert max(np.ptp(ys), np.ptp(xs)) + 1 in (19, 20, 21)  # fits the 20x20 box
+    cy = (x.sum(1) * np.arange(28)).sum() / x.sum()
+    cx = (x.sum(0) * np.arange(28)).sum() / x.sum()
+    assert abs(cy - 14) < 1 and abs(cx - 14) < 1  # centred by mass
+    assert x[0].max() == x[-1].max() == x[:, 0].max() == x[:, -1].max() == 0
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "CMYK", "I;16", "I", "F", "LA", "1"])
+def test_every_mode_gives_the_same_digit(mode):
+    ref = to_mnist(seven())
+    im = seven()
+    if mode == "I;16":
+        im = Image.fromarray(np.asarray(im).astype(np.uint16) * 257)
+    elif mode == "1":
+        im = im.point(lambda v: 255 if v > 128 else 0).convert("1")
+    else:
+        im = im.convert(mode)
+    assert similar(to_mnist(im), ref) > 0.9
+
+
+def test_rgba_is_composited_on_white_and_alpha_only_strokes_are_read():
+    ref = to_mnist(seven())
+    ink = 255 - np.asarray(seven())  # stroke strength
+    black_on_clear = np.zeros((*ink.shape, 4), np.uint8)
+    black_on_clear[..., 3] = ink  # black strokes on a fully transparent page
+    assert similar(to_mnist(Image.fromarray(black_on_clear, "RGBA")), ref) > 0.9
+    white_on_clear = black_on_clear.copy()
+    white_on_clear[..., :3] = 255  # white strokes: invisible on white, so the alpha is the ink
+    assert similar(to_mnist(Image.fromarray(white_on_clear, "RGBA")), ref) > 0.9
+
+
+def test_numpy_arrays_are_accepted():
+    ref = to_mnist(seven())
+    a = np.asarray(seven())
+    assert similar(to_mnist(a), ref) > 0.95
+    assert similar(to_mnist(a.astype(np.float32) / 255), ref) > 0.95
+    assert similar(to_mnist(np.stack([a] * 3, -1)), ref) > 0.95
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    im = seven().convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the camera was turned; viewers rotate 90 degrees clockwise
+    path = tmp_path / "turned.jpg"
+    im.rotate(90, expand=True).save(path, exif=exif, quality=95)  # stored sideways
+    loaded = load_image(path)
+    assert loaded.size == im.size
+    assert similar(to_mnist(loaded), to_mnist(im)) > 0.9
+
+
+def test_polarity_chalk_on_board_reads_like_ink_on_paper():
+    paper = to_mnist(seven())
+    board = to_mnist(Image.fromarray(255 - np.asarray(seven())))
+    assert similar(paper, board) > 0.95
+
+
+def test_ruled_and_squared_lines_are_removed():
+    clean = to_mnist(seven(size=(240, 260)))
+    for spacing, squared in ((28, False), (22, True)):
+        im = seven(size=(240, 260))
+        draw = ImageDraw.Draw(im)
+        for y in range(5, 260, spacing):
+            draw.line([(0, y), (240, y + 4)], fill=150, width=2)  # slightly tilted page
+        if squared:
+            for x in range(7, 240, spacing):
+                draw.line([(x, 0), (x - 4, 260)], fill=150, width=2)
+        ImageDraw.Draw(im).line([(30, 30), (90, 34), (52, 118)], fill=30, width=9, joint="curve")
+        ink = ink_map(im)
+        assert ink[150:250, :].max() < 0.2, "a line survived below the digit"
+        assert similar(to_mnist(im), clean) > 0.8  # 0.32 for the squared page without line removal
+
+
+def test_uneven_light_and_hard_shadow_are_not_ink():
+    a = np.asarray(seven(size=(240, 260)), np.float32)
+    yy, xx = np.mgrid[:260, :240]
+    light = (1 - 0.4 * xx / 240) * np.where(yy > 150 + 0.3 * xx, 0.55, 1.0)  # gradient, hard shadow
+    im = Image.fromarray((a * light).astype(np.uint8))
+    assert similar(to_mnist(im), to_mnist(seven(size=(240, 260)))) > 0.85
+
+
+def test_specks_do_not_move_the_crop():
+    im = seven(size=(240, 260))
+    draw = ImageDraw.Draw(im)
+    for x, y in ((200, 230), (220, 20), (15, 240)):
+        draw.ellipse([x, y, x + 2, y + 2], fill=40)  # dust
+    assert similar(to_mnist(im), to_mnist(seven(size=(240, 260)))) > 0.9
+
+
+@pytest.mark.parametrize("blank", [
+    Image.new("L", (100, 100), 255),
+    Image.new("RGB", (300, 200), (120, 130, 140)),
+    Image.fromarray(np.clip(np.random.default_rng(0).normal(220, 4, (200, 200)), 0, 255).astype(np.uint8)),
+    np.zeros((28, 28), np.uint8),
+])
+def test_blank_images_say_no_digit_found(blank):
+    with pytest.raises(DigitnetError, match="no digit found"):
+        to_mnist(blank)
+
+
+def test_ink_to_mnist_refuses_an_empty_map():
+    with pytest.raises(DigitnetError, match="no digit found"):
+        ink_to_mnist(np.zeros((50, 50), np.float32))
+
+
+def test_ink_map_range_and_shape():
+    ink = ink_map(seven())
+    assert ink.dtype == np.float32 and ink.shape == (140, 120)
+    assert ink.min() >= 0 and ink.max() == pytest.approx(1.0)
+    big = ink_map(Image.new("L", (3000, 1500), 255))
+    assert max(big.shape) <= 1200 and not big.any()
+
+
+def test_bad_files_give_clear_errors(tmp_path):
+    cases = {
+        "text.png": (b"hello, not an image", "not an image"),
+        "empty.png": (b"", "empty"),
+        "truncated.png": (encode(seven(), "PNG")[:200], "truncated"),
+        "truncated.jpg": (encode(seven().convert("RGB"), "JPEG")[:300], "truncated"),
+        "bomb.png": (png_header(20000, 20000), "too large"),
+        "wide-bomb.png": (png_header(20000, 1), "too large"),
+        "many-pixels.png": (png_header(9000, 9000), "too large"),
+        "zero.png": (png_header(0, 10), "zero size"),
+    }
+    for name, (payload, message) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(payload)
+        with pytest.raises(DigitnetError, match=message):
+            load_image(path)
+        if payload:
+            with pytest.raises(DigitnetError, match=message):
+                load_image(payload)
+    with pytest.raises(DigitnetError, match="no such file"):
+        load_image(tmp_path / "missing.png")
+    with pytest.raises(DigitnetError, match="empty"):
+        load_image(b"")
+
+
+def test_animated_gif_is_refused():
+    frames = [seven().convert("P"), Image.new("P", (120, 140), 200)]
+    gif = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    with pytest.raises(DigitnetError, match="animated"):
+        load_image(gif)
+    assert load_image(encode(seven().convert("P"), "GIF")).size == (120, 140)  # one frame is fine
+
+
+def test_mnist_digits_pass_through_essentially_unchanged():
+    from digitnet.data import load_split
+
+    x, _ = load_split("mnist", "test")
+    out = np.stack([to_mnist(im) for im in x[:300]])
+    assert np.mean([similar(a, b) for a, b in zip(out, x[:300])]) > 0.97
+    assert np.abs(out.astype(int) - x[:300]).mean() < 4  # of 255
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    import digitnet
+
+    return digitnet.load()
+
+
+def test_mnist_predictions_do_not_degrade(default_model):
+    from digitnet.data import load_split
+
+    x, y = load_split("mnist", "test")
+    x, y = x[:500], y[:500]
+    direct = default_model.predict(x).argmax(1)
+    through = default_model.predict(np.stack([to_mnist(im) for im in x])).argmax(1)
+    assert (through == y).mean() >= (direct == y).mean() - 0.005
+
+
+def test_realistic_photos_read_far_better_than_a_naive_resize(default_model):
+    """A small batch from benchmarks/make_realistic.py (MNIST test digits and fonts photographed)."""
+    from digitnet.data import load_split
+
+    spec = importlib.util.spec_from_file_location("make_realistic", ROOT / "benchmarks" / "make_realistic.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    spec = importlib.util.spec_from_file_location("reading", ROOT / "benchmarks" / "reading.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    x_test, y_test = load_split("mnist", "test")
+    fonts = gen.handwriting_fonts()
+    items = [gen.make_single(i, 12345, x_test, y_test, fonts if i % 3 == 2 else None) for i in range(45)]
+    labels = np.array([label for _, label, _, _ in items])
+    seen = []
+    for im, *_ in items:
+        try:
+            seen.append(to_mnist(im))
+        except DigitnetError:  # counted as wrong
+            seen.append(np.zeros((28, 28), np.uint8))
+    ours = default_model.predict(np.stack(seen)).argmax(1)
+    naive = default_model.predict(np.stack([bench.naive(im) for im, *_ in items])).argmax(1)
+    acc, naive_acc = (ours == labels).mean(), (naive == labels).mean()
+    assert acc >= 0.8 and acc >= naive_acc + 0.3, (acc, naive_acc)
