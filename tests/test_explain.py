@@ -1,11 +1,13 @@
 """Looking inside: feature maps under summary's names, saliency on the ink, `digitnet explain` end to end."""
+import importlib.util
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image
 
 import digitnet
 from digitnet.cli import main
@@ -14,19 +16,27 @@ from digitnet.errors import DigitnetError
 from digitnet.explain import feature_maps, saliency, saliency_stats, to_input
 from digitnet.model import build_model, summarize
 
-FONT = "/usr/share/fonts/truetype/fifthhorseman/dkg.ttf"  # Debian fonts-dkg-handwriting
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def photo_of_digit(path, digit="7", seed=0):
-    """A phone-photo-like digit: dark blurred ink on uneven light paper with noise, as a JPEG."""
-    rng = np.random.default_rng(seed)
-    ink = Image.new("L", (180, 220), 0)
-    ImageDraw.Draw(ink).text((90, 110), digit, font=ImageFont.truetype(FONT, 150), fill=255, anchor="mm")
-    ink = np.asarray(ink.filter(ImageFilter.GaussianBlur(1.5)), np.float32) / 255
-    paper = 215 + 30 * np.linspace(0, 1, 180)[None, :] + rng.normal(0, 5, ink.shape)
-    photo = np.clip(paper * (1 - 0.75 * ink), 0, 255).astype(np.uint8)
-    Image.fromarray(photo).convert("RGB").save(path, quality=90)
-    return path
+@pytest.fixture(scope="module")
+def realistic():
+    """realistic(i, folder) -> (path, label): item i of the repo's realistic test set, saved as a file.
+
+    benchmarks/make_realistic.py draws MNIST *test* digits as pen, pencil or chalk strokes and
+    "photographs" them (paper, lines, light, blur, noise, JPEG); every item has its own seed.
+    """
+    spec = importlib.util.spec_from_file_location("make_realistic", ROOT / "benchmarks" / "make_realistic.py")
+    make_realistic = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_realistic)
+    x_test, y_test = load_split("mnist", "test")
+
+    def make(i, folder):
+        image, label, _, _ = make_realistic.make_single(i, 0, x_test, y_test)
+        path = Path(folder) / f"realistic-{i:05d}.png"
+        image.save(path)
+        return path, label
+    return make
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +74,7 @@ def test_feature_maps_refuse_other_inputs(bad):
         feature_maps(build_model("seed"), bad)
 
 
-def test_saliency_lies_on_the_ink(tiny_run, test_digits, tmp_path):
+def test_saliency_lies_on_the_ink(tiny_run, test_digits, realistic, tmp_path):
     """More saliency mass inside the digit's bounding box than outside, in total and per pixel.
 
     Part of this is by construction (a ReLU network with little bias passes no gradient to blank
@@ -79,12 +89,13 @@ def test_saliency_lies_on_the_ink(tiny_run, test_digits, tmp_path):
         assert stats["density_ratio_inside_outside"] > 2, stats
         shares.append(stats["mass_inside_box"])
     assert np.mean(shares) > 0.7 and np.min(shares) > 0.5
-    # and on a photo: dark ink on light paper, through the CLI's preprocessing
-    from digitnet.preprocess import to_mnist
+    # and on photos from the realistic test set, through the CLI's preprocessing
+    from digitnet.preprocess import load_image, to_mnist
 
-    x28 = to_mnist(Image.open(photo_of_digit(tmp_path / "seven.jpg")))
-    stats = saliency_stats(saliency(model, x28)[0], x28)
-    assert stats["mass_inside_box"] > 0.5 and stats["density_ratio_inside_outside"] > 2, stats
+    for i in range(12):
+        x28 = to_mnist(load_image(realistic(i, tmp_path)[0]))
+        stats = saliency_stats(saliency(model, x28)[0], x28)
+        assert stats["mass_inside_box"] > 0.5 and stats["density_ratio_inside_outside"] > 2, (i, stats)
 
 
 def test_saliency_points_at_the_pixels_that_decide(tiny_run, test_digits):
@@ -115,9 +126,9 @@ def test_saliency_points_at_the_pixels_that_decide(tiny_run, test_digits):
     assert flips_top > 3 * max(1, flips_random), (flips_top, flips_random)
 
 
-def test_explain_command_writes_picture_and_numbers(tiny_run, tmp_path, capsys):
-    image = photo_of_digit(tmp_path / "three.jpg", "3", seed=1)
-    out = tmp_path / "pictures" / "three-explained.png"
+def test_explain_command_writes_picture_and_numbers(tiny_run, realistic, tmp_path, capsys):
+    image, _ = realistic(0, tmp_path)  # chalk on a board, 100x118 pixels
+    out = tmp_path / "pictures" / "explained.png"
     assert main(["explain", str(image), "--model", str(tiny_run.run_dir), "--out", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert abs(sum(report["probabilities"].values()) - 1) < 1e-5
@@ -138,13 +149,22 @@ def test_explain_command_writes_picture_and_numbers(tiny_run, tmp_path, capsys):
     assert "conv2d_2" in text and "[128, 3, 3]" in text and "saliency" in text
 
 
-def test_explain_command_errors(tiny_run, tmp_path, capsys):
+def test_explain_uses_the_shipped_model_by_default(realistic, tmp_path, capsys):
+    image, label = realistic(4, tmp_path)
+    out = tmp_path / "default.png"
+    assert main(["explain", str(image), "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == "default" and out.stat().st_size > 10_000
+    assert len(report["probabilities"]) == 10 and report["prediction"] in report["probabilities"]
+
+
+def test_explain_command_errors(tiny_run, realistic, tmp_path, capsys):
     run = str(tiny_run.run_dir)
     not_image = tmp_path / "notes.png"
     not_image.write_text("not a picture")
     blank = tmp_path / "blank.png"
     Image.new("L", (50, 50), 255).save(blank)
-    photo = photo_of_digit(tmp_path / "d.jpg")
+    photo, _ = realistic(1, tmp_path)
     cases = [([str(tmp_path / "missing.png"), "--model", run, "--out", str(tmp_path / "o.png")], "no such file"),
              ([str(not_image), "--model", run, "--out", str(tmp_path / "o.png")], "not an image"),
              ([str(blank), "--model", run, "--out", str(tmp_path / "o.png")], "no digit"),
