@@ -1,17 +1,13 @@
 """The learners' notebook runs top to bottom (DIGITNET_QUICK=1: 2,000 images, one epoch) and draws real figures."""
 import base64
-import io
 import json
 import sys
 from pathlib import Path
 
+import nbclient
+import nbformat
 import numpy as np
-import pytest
 from PIL import Image
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "examples" / "cnn-digits.ipynb"
 
