@@ -34,6 +34,7 @@ ONE_DIGIT = 0.9
 MIN_WIDTH, MAX_WIDTH = 0.3, 1.5
 FLAT = 0.3            # groups lower than this fraction of the digit height are not digits
 BRIDGE = 0.04         # gaps in a stroke up to this fraction of the ink's height are closed
+SHEARS = (0.0, 0.3, -0.15)  # cut slants tried when a score can judge them (italic writing leans right)
 PAD = 2               # pixels of anti-aliased edge kept around each digit's stroke
 
 
@@ -156,13 +157,21 @@ def split_options(labels, labs: list[int], box, usual: float, height: float,
     left, top, right, bottom = box
     mask = np.isin(labels[top:bottom, left:right], labs)  # (h, w) this group's stroke only
     counts = digit_counts(right - left, max(height, bottom - top), usual, scored)
-    return [_cut(labels.shape, mask, left, top, n) for n in counts]
+    # Slanted writing touches along a slanted line: with a score, also cut along SHEARS.
+    return [_cut(labels.shape, mask, left, top, n, shear) for n in counts
+            for shear in (SHEARS if scored and n > 1 else (0.0,))]
 
 
-def _cut(shape, mask: np.ndarray, left: int, top: int, n: int) -> list[Piece]:
-    """Cut a group's mask into n parts at the columns of least ink near each 1/n of its width."""
-    width = mask.shape[1]
-    columns = mask.sum(0).astype(float)
+def _cut(shape, mask: np.ndarray, left: int, top: int, n: int, shear: float = 0.0) -> list[Piece]:
+    """Cut a group's mask into n parts where the least ink crosses, near each 1/n of its width.
+
+    Cuts run along x + shear * (y - middle) = constant: vertical for shear 0, leaning right for shear > 0.
+    """
+    ys, xs = np.nonzero(mask)
+    along = np.round(xs + shear * (ys - mask.shape[0] / 2)).astype(int)
+    along -= along.min()
+    width = int(along.max()) + 1
+    columns = np.bincount(along, minlength=width).astype(float)
     step = width / n
     cuts = [0]
     for k in range(1, n):
@@ -173,12 +182,13 @@ def _cut(shape, mask: np.ndarray, left: int, top: int, n: int) -> list[Piece]:
         # Among equally thin columns take the one nearest the expected boundary.
         candidates = np.flatnonzero(window == window.min()) + lo
         cuts.append(int(candidates[np.argmin(abs(candidates - k * step))]))
-    cuts.append(width)
+    part_of = np.searchsorted(np.array(cuts[1:]), along, side="right")  # which part each pixel is in
     pieces = []
-    for c0, c1 in zip(cuts[:-1], cuts[1:]):
-        part = np.zeros_like(mask)
-        part[:, c0:c1] = mask[:, c0:c1]
-        if part.any():
+    for k in range(len(cuts)):
+        chosen = part_of == k
+        if chosen.any():
+            part = np.zeros_like(mask)
+            part[ys[chosen], xs[chosen]] = True
             pieces.append(_piece(shape, part, left, top))
     return pieces
 
