@@ -200,8 +200,19 @@ def small_copy(a: np.ndarray, side: int) -> np.ndarray:
 
 
 def dark_ink(grey: np.ndarray) -> bool:
-    """True for dark ink on light paper: the larger excess beyond the noise lies on the dark side."""
+    """True for dark ink on light paper.
+
+    The photo's outer ring is nearly always paper or board: when it is even and differs clearly
+    from the image's median (the ink covers much of the image), it decides. Otherwise the side with the larger
+    excess beyond the noise, around a local paper level, is the ink.
+    """
     s = small_copy(grey, 256)
+    ring = max(1, min(s.shape) // 20)
+    border = np.concatenate([s[:ring].ravel(), s[-ring:].ravel(), s[:, :ring].ravel(), s[:, -ring:].ravel()])
+    lean = float(np.median(border) - np.median(s))
+    q25, q75 = np.percentile(border, [25, 75])
+    if abs(lean) > 0.08 and q75 - q25 < 0.1:  # an even ring: not split by a shadow
+        return lean > 0
     if min(s.shape) >= 48:  # paper level from a median over 40% of the side, taken on a 48-pixel copy
         coarse = small_copy(s, 48)
         level = ndimage.median_filter(coarse, size=max(3, int(0.4 * min(coarse.shape))), mode="reflect")
@@ -220,12 +231,12 @@ def background(grey: np.ndarray) -> np.ndarray:
     Closing (max then min over a square a quarter of the short side) erases dark strokes narrower
     than the square but keeps large dark areas, edges included: a hard shadow stays background instead
     of becoming a band of "ink". Light smoothing first keeps noise from lifting the maximum (both
-    filters are separable, so this costs little). Small images (MNIST-sized) get one paper level.
+    filters are separable, so this costs little).
     """
     h, w = grey.shape
-    if min(h, w) < 64:
-        return np.full_like(grey, max(float(np.percentile(grey, 90)), 1e-3))
-    k = max(3, int(0.25 * min(h, w)))
+    # A quarter of the side is wider than any pen stroke in a photo; small images (a tight crop,
+    # an MNIST digit) have relatively wider strokes, so there the square takes 40%.
+    k = max(3, int((0.25 if min(h, w) >= 64 else 0.4) * min(h, w)))
     smooth = ndimage.gaussian_filter(grey, 1.0)
     bg = ndimage.minimum_filter(ndimage.maximum_filter(smooth, size=k), size=k)
     # Smoothing softens a hard shadow edge by a pixel, which would leave a thin line of "ink" along
@@ -242,7 +253,8 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
     across 90%, so that a long straight stroke of a tightly cropped 1 or 7 survives.
     """
     angle = line_angle(ink)
-    rot = ndimage.rotate(ink, angle, reshape=False, order=1, mode="nearest") if angle else ink
+    # Nearest-neighbour rotation keeps a thin line at full strength (a linear one halves it in places).
+    rot = ndimage.rotate(ink, angle, reshape=False, order=0, mode="nearest") if angle else ink
     found = np.zeros_like(ink)
     for axis in (0, 1):  # 0: horizontal lines (runs along x), 1: vertical lines
         length = rot.shape[1 - axis]
@@ -263,10 +275,10 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
     if not found.any():
         return ink
     if angle:
-        found = ndimage.rotate(found, -angle, reshape=False, order=1)
-    # Resampling halves a thin line's value in places, so a pixel up to 2.5x the line estimate is
-    # line and goes; a stronger one is ink crossing the line and keeps what exceeds the line.
-    on_line = (found > 0.02) & (ink <= 2.5 * found)
+        found = ndimage.rotate(found, -angle, reshape=False, order=0)
+    # A pixel up to 1.5x the line's strength is line and goes; a stronger one is ink crossing the
+    # line and keeps what exceeds it.
+    on_line = (found > 0.02) & (ink <= 1.5 * found)
     return np.where(on_line, 0, np.clip(ink - found, 0, 1)).astype(np.float32)
 
 
@@ -316,7 +328,7 @@ def drop_specks_and_borders(ink: np.ndarray) -> np.ndarray:
         return np.zeros_like(ink)
     index = np.arange(1, n + 1)
     areas = np.bincount(labels.ravel(), minlength=n + 1)
-    keep = areas >= max(3, 0.005 * areas[1:].max())
+    keep = areas >= max(3, 0.02 * areas[1:].max())  # paper grain and dust, not a broken stroke
     h, w = ink.shape
     cy, cx = np.array(ndimage.center_of_mass(np.ones_like(ink), labels, index)).reshape(-1, 2).T
     # A band covers half an edge and has its centre of mass near it; a tightly cropped digit that
