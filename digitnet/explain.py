@@ -52,21 +52,24 @@ def _layer_groups(model: nn.Sequential) -> list[tuple[str, nn.Module, int]]:
 def feature_maps(model: nn.Sequential, x28: np.ndarray, dense: bool = False) -> list[dict]:
     """Each conv and pool layer's output for one image: {"name", "type", "shape": [C, H, W], "maps"}.
 
-    `maps` is float32 (C, H, W) after the layer's ReLU. With dense=True the Linear layers follow,
-    with shape [N] and maps (N,) (the last one holds the logits).
+    `maps` is float32 (C, H, W), after the layer's ReLU when one follows it directly ("relu": True;
+    in a conv -> batch-norm -> ReLU stack the conv's maps are its raw output). With dense=True the
+    Linear layers follow, with shape [N] and maps (N,) (the last one holds the logits).
     """
     model.eval()
     device = next(model.parameters()).device
     wanted = MAP_TYPES + (DENSE_TYPES if dense else ())
-    show = {end: (name, layer) for name, layer, end in _layer_groups(model) if isinstance(layer, wanted)}
+    show = {end: (name, layer, isinstance(model[end], nn.ReLU))
+            for name, layer, end in _layer_groups(model) if isinstance(layer, wanted)}
     out = []
     x = to_input(x28, device)
     for i, layer in enumerate(model):
         x = layer(x)
         if i in show:
-            name, kind = show[i]
+            name, kind, relu = show[i]
             maps = x[0].detach().float().cpu().numpy().astype(np.float32)
-            out.append({"name": name, "type": type(kind).__name__, "shape": list(maps.shape), "maps": maps})
+            out.append({"name": name, "type": type(kind).__name__, "relu": relu, "shape": list(maps.shape),
+                        "maps": maps})
     return out
 
 
@@ -110,7 +113,8 @@ def saliency_stats(sal: np.ndarray, x28: np.ndarray) -> dict:
             "box_area_fraction": float(inside.mean()),
             "mass_inside_box": mass_in / total if total > 0 else 0.0,
             "mass_on_ink": float(sal[x28 > 64].sum()) / total if total > 0 else 0.0,
-            "density_ratio_inside_outside": density_in / density_out if density_out > 0 else float("inf"),
+            # None when nothing at all lies outside the box (JSON has no infinity)
+            "density_ratio_inside_outside": float(density_in / density_out) if density_out > 0 else None,
             "peak": [int(peak[0]), int(peak[1])], "max": float(sal.max())}
 
 
@@ -123,7 +127,7 @@ def layer_stats(layer: dict) -> dict:
     maps = layer["maps"]
     flat = maps.reshape(maps.shape[0], -1) if maps.ndim == 3 else maps.reshape(-1, 1)
     strongest = np.argsort(-flat.mean(1))[:5] if maps.ndim == 3 else []
-    return {"name": layer["name"], "type": layer["type"], "shape": layer["shape"],
+    return {"name": layer["name"], "type": layer["type"], "relu": layer["relu"], "shape": layer["shape"],
             "mean": float(maps.mean()), "max": float(maps.max()),
             "active_fraction": float((maps > 0).mean()),  # share of units the ReLU let through
             "dead_channels": int((flat.max(1) <= 0).sum()) if maps.ndim == 3 else None,
@@ -218,7 +222,7 @@ def plot_explanation(result: dict, image, class_names: list[str], title: str = "
                   aspect="auto")  # the box was sized to the mosaic's shape above
         ax.set_facecolor("white")
         c, h, w = layer["shape"]
-        ax.set_title(f"{layer['name']} ({layer['type']}{' + ReLU' if layer['type'] == 'Conv2d' else ''}): "
+        ax.set_title(f"{layer['name']} ({layer['type']}{' + ReLU' if layer['relu'] else ''}): "
                      f"{c} maps of {h}x{w}  [C, H, W] = {layer['shape']}", fontsize=9, loc="left")
         ax.axis("off")
     if title:
@@ -256,9 +260,10 @@ def format_report(report: dict) -> str:
         dead = "" if layer["dead_channels"] is None else str(layer["dead_channels"])
         lines.append(f"{layer['name']:<18}{shape:<16}{layer['mean']:>8.3f}{layer['max']:>8.2f}"
                      f"{layer['active_fraction']:>8.0%}{dead:>6}")
+    ratio = sal["density_ratio_inside_outside"]
     lines += ["", f"saliency: {sal['mass_inside_box']:.0%} of the mass inside the ink's bounding box "
-              f"({sal['box_area_fraction']:.0%} of the image); {sal['density_ratio_inside_outside']:.1f}x "
-              f"denser inside than outside"]
+              f"({sal['box_area_fraction']:.0%} of the image); "
+              + (f"{ratio:.1f}x denser inside than outside" if ratio is not None else "none outside it")]
     if "out" in report:
         lines.append(f"picture: {report['out']}")
     return "\n".join(lines)

@@ -86,7 +86,7 @@ def test_saliency_lies_on_the_ink(tiny_run, test_digits, realistic, tmp_path):
     shares = []
     for x28 in x[:50]:
         stats = saliency_stats(saliency(model, x28)[0], x28)
-        assert stats["density_ratio_inside_outside"] > 2, stats
+        assert (stats["density_ratio_inside_outside"] or np.inf) > 2, stats  # None: nothing outside
         shares.append(stats["mass_inside_box"])
     assert np.mean(shares) > 0.7 and np.min(shares) > 0.5
     # and on photos from the realistic test set, through the CLI's preprocessing
@@ -95,7 +95,7 @@ def test_saliency_lies_on_the_ink(tiny_run, test_digits, realistic, tmp_path):
     for i in range(12):
         x28 = to_mnist(load_image(realistic(i, tmp_path)[0]))
         stats = saliency_stats(saliency(model, x28)[0], x28)
-        assert stats["mass_inside_box"] > 0.5 and stats["density_ratio_inside_outside"] > 2, (i, stats)
+        assert stats["mass_inside_box"] > 0.5 and (stats["density_ratio_inside_outside"] or np.inf) > 2, (i, stats)
 
 
 def test_saliency_points_at_the_pixels_that_decide(tiny_run, test_digits):
