@@ -25,6 +25,7 @@ SPECK = 0.12          # pieces smaller than this fraction of the digit height, b
 MERGE_OVERLAP = 0.5   # broken strokes: pieces sharing this much of the narrower one's width
 SHORT = 0.75          # ... of which one is shorter than this fraction of the digit height
 DOT = 0.55            # a piece shorter than this fraction of the digit height...
+DOT_INK = 0.4         # ... with less than this fraction of its neighbour's ink...
 DOT_GAP = 0.25        # ... this close to a neighbour (same fraction) joins it, if the two fit one digit
 SPLIT_RATIO = 1.6     # wider than this times the usual digit width: touching digits, to be cut apart
 WIDTH_CAP = 0.75      # the usual digit width is at most this fraction of the height
@@ -85,7 +86,7 @@ def find_digits(ink: np.ndarray, score: Score | None = None) -> list[Piece]:
     # the median would be fooled by a flat 5 or 2 in a short number.
     height = float(max(b[3] - b[1] for lab, b in comps if areas[lab - 1] >= areas.max() / 3))
     comps = [(lab, box) for lab, box in comps if max(box[2] - box[0], box[3] - box[1]) >= SPECK * height]
-    groups = merge_broken([([lab], box) for lab, box in sorted(comps, key=lambda c: c[1][0])], height)
+    groups = merge_broken([([lab], box) for lab, box in sorted(comps, key=lambda c: c[1][0])], height, areas)
     # What is still flat after merging is no digit: a dash, a line's remnant, a smudge.
     groups = [(labs, box) for labs, box in groups if box[3] - box[1] >= FLAT * height]
     # The usual width of one digit: the median group leaving out 1s (narrow), unless the groups are
@@ -116,8 +117,12 @@ def _gap(a, b) -> int:
     return max(a[0] - b[2], b[0] - a[2], a[1] - b[3], b[1] - a[3], 0)
 
 
-def merge_broken(groups: list, height: float) -> list:
-    """Join the pieces of one digit: stacked pieces of a broken stroke, and short pieces beside one."""
+def merge_broken(groups: list, height: float, areas: np.ndarray) -> list:
+    """Join the pieces of one digit: stacked pieces of a broken stroke, and short pieces beside one.
+
+    areas[label - 1] is each component's stroke pixel count: a detached flag or dot carries far less
+    ink than the digit beside it, a small digit (an old-style 0 next to a 7) about as much.
+    """
     merged = True
     while merged:
         merged = False
@@ -129,8 +134,9 @@ def merge_broken(groups: list, height: float) -> list:
                 shorter = min(a[3] - a[1], b[3] - b[1])
                 both = _union(a, b)
                 stacked = overlap >= MERGE_OVERLAP * narrower and shorter < SHORT * height
+                ink_a, ink_b = (sum(areas[lab - 1] for lab in g[0]) for g in (groups[i], groups[j]))
                 dot = (shorter < DOT * height and _gap(a, b) <= DOT_GAP * height
-                       and both[2] - both[0] <= 1.1 * height)
+                       and both[2] - both[0] <= 1.1 * height and min(ink_a, ink_b) < DOT_INK * max(ink_a, ink_b))
                 if stacked or dot:
                     groups[i] = (groups[i][0] + groups[j][0], both)
                     del groups[j]
