@@ -230,7 +230,7 @@ def predict_sources(args: list[str], classifier, top_k: int = 3, min_confidence:
         try:
             x = digit_input(open_source(source, stdin))
         except DigitnetError as e:
-            yield {"source": source, "error": str(e)}
+            yield {"source": source, "error": _message(source, e)}
             continue
         if x is None:
             yield {"source": source, **no_digit_result()}
@@ -242,6 +242,12 @@ def predict_sources(args: list[str], classifier, top_k: int = 3, min_confidence:
             atomic_write_bytes(path, png_bytes(x))
             row["preprocessed"] = str(path)
         yield row
+
+
+def _message(source: str, error: DigitnetError) -> str:
+    """The error without a leading '<source>: ' (the CLI puts the source in front once)."""
+    text = str(error)
+    return text[len(source) + 2:] if text.startswith(f"{source}: ") else text
 
 
 def _unique_name(source: str, used: set[str]) -> str:
@@ -291,7 +297,7 @@ def read_sources(args: list[str], classifier, min_confidence: float = 0.0, stdin
             image = open_source(source, stdin)
             yield {"source": source, **read_number(image, classifier, min_confidence)}, image
         except DigitnetError as e:
-            yield {"source": source, "error": str(e)}, None
+            yield {"source": source, "error": _message(source, e)}, None
 
 
 def format_reading(row: dict) -> str:

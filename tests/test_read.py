@@ -183,6 +183,7 @@ def test_bad_input_gives_a_clear_error(name, model_dir, tmp_path, capsys):
         assert main([command, str(path), "--model", model_dir]) == 1
         err = capsys.readouterr().err
         assert err.startswith(f"digitnet: error: {path}: ") and err.count("\n") == 1, err
+        assert err.count(name) == 1, err  # the file named once, then what is wrong with it
 
 
 def test_blank_image_says_no_digit_found(model_dir, classifier, tmp_path, capsys):
