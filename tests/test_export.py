@@ -94,3 +94,23 @@ def test_export_cli(exported, tmp_path, capsys):
     assert report["max_abs_diff"] < 1e-4 and (run_dir / ONNX_FILE).exists()
     assert main(["export", str(tmp_path / "nope"), "--format", "onnx"]) == 1
     assert "digitnet: error:" in capsys.readouterr().err
+
+
+def test_predict_runtime_onnx_matches_torch(exported, tmp_path, capsys):
+    """`digitnet predict --runtime onnx` gives the PyTorch answer for the same image files."""
+    from PIL import Image
+
+    from digitnet.cli import main
+    from digitnet.data import load_split
+
+    run_dir, _ = exported
+    x, _ = load_split("mnist", "test")
+    for i in range(3):
+        Image.fromarray(x[i]).save(tmp_path / f"d{i}.png")
+    out = {}
+    for runtime in ("torch", "onnx"):
+        assert main(["predict", str(tmp_path), "--model", str(run_dir), "--runtime", runtime, "--json"]) == 0
+        out[runtime] = json.loads(capsys.readouterr().out)
+    assert len(out["onnx"]) == 3
+    for a, b in zip(out["torch"], out["onnx"]):
+        assert a["digit"] == b["digit"] and np.abs(np.subtract(a["probs"], b["probs"])).max() < 1e-4
