@@ -132,11 +132,11 @@ def format_coverage(rows: list[dict], temperature: float, ece: float) -> str:
 
 def plot_coverage(probs: np.ndarray, y: np.ndarray, path: Path) -> Path:
     """Accuracy against coverage, the curve `--min-confidence` moves along."""
-    from digitnet.evaluate import _figure, save_figure
+    from digitnet.evaluate import new_figure, save_figure
 
-    plt = _figure()
     coverage, accuracy, _ = coverage_curve(probs, y)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = new_figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.plot(coverage * 100, accuracy * 100)
     ax.set(xlabel="coverage (% of test images answered)", ylabel="accuracy on answered (%)",
            title="accuracy vs coverage (test set)", xlim=(0, 100.5))

@@ -99,13 +99,12 @@ def _format_metrics(result: dict) -> str:
 # Plots
 
 
-def _figure():
-    import matplotlib
+def new_figure(**kwargs):
+    """A matplotlib Figure outside pyplot: no global backend switch (Jupyter keeps inline plots)
+    and nothing to close; it is freed with its last reference."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only: no display on servers and CI
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def save_figure(fig, path: Path) -> None:
@@ -113,7 +112,6 @@ def save_figure(fig, path: Path) -> None:
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _figure().close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -133,8 +131,8 @@ def write_plots(run_dir: Path, x: np.ndarray, y: np.ndarray, logits: torch.Tenso
 
 
 def plot_history(history: dict, path: Path) -> Path:
-    plt = _figure()
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = new_figure(figsize=(10, 3.8))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     epochs = history["epoch"]
     ax_loss.plot(epochs, history["loss"], "o-", label="train")
     ax_loss.plot(epochs, history["val_loss"], "o-", label="validation")
@@ -151,8 +149,8 @@ def plot_history(history: dict, path: Path) -> Path:
 
 
 def plot_confusion(cm: np.ndarray, class_names: list[str], path: Path) -> Path:
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig = new_figure(figsize=(6.5, 5.5))
+    ax = fig.subplots()
     # Log colour scale: the diagonal holds ~1000 per class, mistakes single digits.
     ax.imshow(np.log1p(cm), cmap="Blues")
     for i in range(cm.shape[0]):
@@ -170,12 +168,12 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], path: Path) -> Path:
 def plot_mistakes(x: np.ndarray, y: np.ndarray, pred: np.ndarray, probs: np.ndarray,
                   class_names: list[str], path: Path, limit: int = 48) -> Path:
     """A grid of misclassified test images, most confident mistakes first."""
-    plt = _figure()
     wrong = np.flatnonzero(pred != y)
     wrong = wrong[np.argsort(-probs[wrong, pred[wrong]])][:limit]
     cols = 8
     rows = max(1, -(-len(wrong) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.5), squeeze=False)
+    fig = new_figure(figsize=(cols * 1.3, rows * 1.5))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, wrong):

@@ -170,9 +170,10 @@ def tile(maps: np.ndarray, cols: int = 16) -> np.ndarray:
 
 def plot_explanation(result: dict, image, class_names: list[str], title: str = ""):
     """One matplotlib figure: input, the 28x28 seen, saliency, probabilities, then every layer's maps."""
-    from digitnet.evaluate import _figure
+    from matplotlib.patches import Rectangle
 
-    plt = _figure()
+    from digitnet.evaluate import new_figure
+
     layers = result["layers"]
     # Wide mosaics (at least 16 maps a row, at most 4 rows) fill the page width at a readable size.
     mosaics = [tile(layer["maps"], max(16, layer["shape"][0] // 4)) for layer in layers]
@@ -180,7 +181,7 @@ def plot_explanation(result: dict, image, class_names: list[str], title: str = "
     width, panel, title_room = 11.0, 2.4, 0.45
     rows = [(panel, title_room + 0.1)] + [((width - 0.2) * m.shape[0] / m.shape[1], title_room) for m in mosaics]
     height = sum(h + room for h, room in rows) + 0.1
-    fig = plt.figure(figsize=(width, height))
+    fig = new_figure(figsize=(width, height))
     boxes, y = [], height
     for h, room in rows:
         y -= room + h
@@ -199,7 +200,7 @@ def plot_explanation(result: dict, image, class_names: list[str], title: str = "
     ax.imshow(x28, cmap="gray", vmin=0, vmax=255)
     ax.imshow(result["saliency"], cmap="inferno", alpha=0.6)
     top, left, bottom, right = result["report"]["saliency"]["ink_box"]
-    ax.add_patch(plt.Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
+    ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
                                ec="cyan", lw=0.8, ls="--"))
     share = result["report"]["saliency"]["mass_inside_box"]
     ax.set_title(f"saliency |d score / d pixel|\n{share:.0%} inside the ink's box", fontsize=9)
