@@ -39,15 +39,16 @@ GROUPS = {
 }
 
 
-def train(group: str, seeds: list[int], out: Path, extra: list[str]) -> None:
+def train(group: str, seeds: list[int], out: Path, extra: list[str], lock: bool = True) -> None:
     """One `digitnet train` per seed, each waiting for the shared lock so timings are not contended."""
     for seed in seeds:
         name = f"{group}-s{seed}"
         if (out / name / "model.json").exists():
             print(f"accuracy: {name} exists, skipped", file=sys.stderr)
             continue
-        cmd = ["flock", LOCK, str(ROOT / ".venv/bin/digitnet"), "train", *GROUPS[group], *extra,
-               "--seed", str(seed), "--out-dir", str(out), "--name", name, "--jsonl", "--no-plots"]
+        cmd = (["flock", LOCK] if lock else []) + [
+            str(ROOT / ".venv/bin/digitnet"), "train", *GROUPS[group], *extra, "--seed", str(seed),
+            "--out-dir", str(out), "--name", name, "--jsonl", "--no-plots"]
         print(f"accuracy: {shlex.join(cmd)}", file=sys.stderr, flush=True)
         with open(out / f"{name}.log", "w") as log:
             subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -69,10 +70,14 @@ def report(out: Path, results_file: Path) -> dict:
             history = json.loads((run / "history.json").read_text())
             test = evaluate_run(run, plots=False)
             rows.append({"run": run.name, "seed": meta["seed"], "test_accuracy": test["accuracy"],
-                         "val_split": meta["dataset"]["val_split"], "val_accuracy": history["val_accuracy"][-1],
+                         "val_split": meta["dataset"]["val_split"],
+                         "val_accuracy": history["val_accuracy"][-1],
                          "best_val_epoch": int(np.argmax(history["val_accuracy"])) + 1,
-                         "epochs": meta["config"]["epochs"], "train_seconds": meta["metrics"]["train_seconds"],
-                         "params": meta["architecture"]["params"], "macs": meta["architecture"]["macs_per_image"],
+                         "epochs": meta["config"]["epochs"],
+                         "train_seconds": meta["metrics"]["train_seconds"],
+                         "seconds_per_epoch": history["seconds"],
+                         "params": meta["architecture"]["params"],
+                         "macs": meta["architecture"]["macs_per_image"],
                          "precision": meta["training"]["precision"]})
         acc = [r["test_accuracy"] for r in rows]
         entry = {"command": "digitnet train " + shlex.join(GROUPS[group]), "runs": rows,
@@ -108,12 +113,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/g/accuracy"), help="parent of the run dirs")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks/results/accuracy.json")
+    parser.add_argument("--lock-held", action="store_true",
+                        help="the caller already holds the heavy lock (flock LOCK python accuracy.py ...)")
     args, extra = parser.parse_known_args()  # anything else goes to `digitnet train` (e.g. --epochs 2)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.action == "train":
         if not args.group:
             parser.error("train needs a group: " + ", ".join(GROUPS))
-        train(args.group, args.seeds, args.out, extra)
+        train(args.group, args.seeds, args.out, extra, lock=not args.lock_held)
     else:
         report(args.out, args.results)
 

@@ -92,11 +92,13 @@ def format_ensemble(result: dict) -> str:
     """The members, then the ensemble line and its gain, above the usual per-class report."""
     from digitnet.evaluate import format_report
 
-    view = f" with test-time augmentation ({len(result['tta_shifts'])} shifted views)" if result["tta"] else ""
+    views = len(result["tta_shifts"])
+    view = f" with test-time augmentation ({views} shifted views)" if result["tta"] else ""
     lines = [f"ensemble of {len(result['runs'])} run(s){view}:"]
     for run, acc in zip(result["runs"], result["member_accuracy"]):
         lines.append(f"  {acc:.4f}  {run}" + ("  (with TTA)" if result["tta"] else ""))
+    mean_gain, best_gain = result["gain_over_mean_member"] * 100, result["gain_over_best_member"] * 100
     lines += [f"  members: mean {result['member_mean_accuracy']:.4f}, best {max(result['member_accuracy']):.4f}",
-              f"  ensemble: {result['accuracy']:.4f} (gain {result['gain_over_mean_member'] * 100:+.2f} points "
-              f"over the mean member, {result['gain_over_best_member'] * 100:+.2f} over the best)", ""]
+              f"  ensemble: {result['accuracy']:.4f} (gain {mean_gain:+.2f} points over the mean member, "
+              f"{best_gain:+.2f} over the best)", ""]
     return "\n".join(lines) + format_report(result)
