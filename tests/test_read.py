@@ -26,9 +26,11 @@ SCALE = 4  # MNIST pixels -> photo pixels
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_run):
+def model_dir(request):
     """The shipped default model when present (what users get), else the session's tiny run."""
-    return str(DEFAULT_MODEL if (DEFAULT_MODEL / "model.json").exists() else tiny_run.run_dir)
+    if (DEFAULT_MODEL / "model.json").exists():
+        return str(DEFAULT_MODEL)
+    return str(request.getfixturevalue("tiny_run").run_dir)
 
 
 @pytest.fixture(scope="module")
@@ -341,15 +343,23 @@ def test_temperature_scaling_cures_an_over_confident_model(classifier, mnist_tes
 
 @pytest.fixture(scope="module")
 def holdout_run(tmp_path_factory):
+    import torch
+
     import digitnet
 
     out = tmp_path_factory.mktemp("holdout")
-    return digitnet.train(epochs=1, limit_train=1500, val_size=1000, out_dir=str(out), name="h",
-                          log="quiet", plots=False, seed=1)
+    threads = torch.get_num_threads()
+    # One thread: batches of 32 gain nothing from more, and on a busy machine lose 10x to waiting.
+    run = digitnet.train(epochs=1, limit_train=1500, val_size=1000, out_dir=str(out), name="h",
+                         log="quiet", plots=False, seed=1, threads=1)
+    torch.set_num_threads(threads)
+    return run
 
 
-def test_calibrate_stores_the_temperature_and_keeps_the_weights(holdout_run, tiny_run, capsys):
-    from digitnet.model import read_meta, weights_digest
+def test_calibrate_stores_the_temperature_and_keeps_the_weights(holdout_run, tmp_path, capsys):
+    import shutil
+
+    from digitnet.model import read_meta, update_meta, weights_digest
 
     run = str(holdout_run.run_dir)
     before = read_meta(run)
@@ -364,7 +374,9 @@ def test_calibrate_stores_the_temperature_and_keeps_the_weights(holdout_run, tin
     assert meta["weights_sha256"] == before["weights_sha256"] == weights_digest(run)
     assert load_classifier(run).temperature == pytest.approx(cal["temperature"])
     # A run validated on the test set has nothing held out: refuse rather than fit on the test set.
-    assert main(["calibrate", str(tiny_run.run_dir)]) == 1
+    on_test = shutil.copytree(run, tmp_path / "on-test")
+    update_meta(on_test, config={**meta["config"], "val_size": 0})
+    assert main(["calibrate", str(on_test)]) == 1
     assert "val_size 0" in capsys.readouterr().err
 
 
