@@ -104,7 +104,8 @@ def find_digits(ink: np.ndarray, score: Score | None = None) -> list[Piece]:
                 # Mean log-confidence: a wrong cut leaves parts of digits the network is unsure of.
                 values = [np.mean([next(confidence) for _ in cut]) if cut else -math.inf for cut in o]
                 options[k] = [o[int(np.argmax(values))]]
-    pieces = [p for o in options for p in o[0]]
+    # A cut can leave a flat end of a ruled line that ran through a digit: not a digit either.
+    pieces = [p for o in options for p in o[0] if p.box[3] - p.box[1] >= FLAT * height]
     return sorted(pieces, key=lambda p: (p.box[0] + p.box[2]) / 2)
 
 
