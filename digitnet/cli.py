@@ -1,7 +1,8 @@
 """The `digitnet` command: one subcommand per action, each a thin layer over the Python API.
 
-    digitnet train [--recipe seed|fast] [--epochs N] [--batch-size N] ...   train and write runs/<name>/
+    digitnet train [--recipe seed|fast|best] [--epochs N] [--batch-size N] ...   train and write runs/<name>/
     digitnet evaluate RUN                                                  test metrics and plots
+    digitnet evaluate RUN1 RUN2 ... [--tta]                                ensemble (+ shifted views)
     digitnet summary [--model seed]                                        layers, shapes, parameters
     digitnet data show|verify|locate|download [NAME]                       datasets
     digitnet predict IMAGE... [--model RUN] [--json|--csv]                 one digit per image
