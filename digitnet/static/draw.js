@@ -270,10 +270,12 @@ function buildBars() {
 async function showModel() {
   try {
     const meta = await (await fetch("/api/model")).json();
-    const acc = (meta.metrics || {}).test_accuracy ?? (meta.metrics || {}).val_accuracy;
+    const metrics = meta.metrics || {};
+    const test = typeof metrics.test_accuracy === "number";
+    const acc = test ? metrics.test_accuracy : metrics.val_accuracy;
     const name = meta.name || (meta.architecture || {}).name || "model";
-    document.getElementById("model-name").textContent =
-      `model: ${name}` + (typeof acc === "number" ? ` (${(acc * 100).toFixed(2)}% on MNIST test)` : "");
+    document.getElementById("model-name").textContent = `model: ${name}` +
+      (typeof acc === "number" ? ` (${(acc * 100).toFixed(2)}% ${test ? "test" : "validation"} accuracy)` : "");
   } catch (err) {
     // The footer is a nicety; the page works without it.
   }
