@@ -128,7 +128,7 @@ def print_tables(report: dict) -> None:
 
     infer = report["infer"]
     keras_p = next((r for r in infer if r["name"] == "keras predict"), None)
-    print(f"\nInference (uint8 images in, probabilities out; batch 1 = one call per image)")
+    print("\nInference (uint8 images in, probabilities out; batch 1 = one call per image)")
     head = (f"{'runtime':<38}{'b1 img/s':>10}{'b256 img/s':>12}{'b10000 img/s':>14}{'p50 ms':>9}"
             f"{'p99 ms':>9}{'x Keras':>9}")
     print(head + "\n" + "-" * len(head))

@@ -22,7 +22,7 @@ import torch
 
 from digitnet.config import TrainConfig, field_names
 from digitnet.errors import DigitnetError
-from digitnet.files import atomic_write_bytes, sha256_bytes
+from digitnet.files import atomic_write_bytes, read_json, sha256_bytes
 
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
@@ -94,12 +94,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     from safetensors.torch import load
 
     path = Path(path)
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DigitnetError(f"{path}: missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DigitnetError(f"{path}: not valid JSON ({e}); delete it to resume from the one before") from None
+    meta = read_json(path, invalid_hint="; delete it to resume from the one before")
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         raise DigitnetError(f"{path}: not a digitnet checkpoint of format {FORMAT_VERSION}")
     if meta.get("meta_sha256") != meta_digest(meta):

@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from digitnet.errors import DigitnetError
+
 
 def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
     """Write to a temp file beside the target, fsync, then rename: readers never see half a file."""
@@ -38,3 +40,14 @@ def sha256_file(path: str | Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_json(path: str | Path, missing: str = "missing", invalid_hint: str = "") -> object:
+    """Parse a JSON file; a missing or malformed file is a DigitnetError naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DigitnetError(f"{path}: {missing}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DigitnetError(f"{path}: not valid JSON ({e}){invalid_hint}") from None

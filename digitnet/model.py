@@ -10,15 +10,13 @@ model.json (what rebuilds the network, how to scale its input, and where it came
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from digitnet.errors import DigitnetError
-from digitnet.files import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from digitnet.files import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes, sha256_file
 from digitnet.preprocess import scale_pixels
 
 INPUT_SHAPE = (1, 28, 28)  # (C, H, W): one grey channel, 28x28 pixels
@@ -256,12 +254,7 @@ def read_meta(run_dir: str | Path) -> dict:
     if not Path(run_dir).is_dir():
         raise DigitnetError(f"{run_dir}: not a run directory (expected a folder with {META_FILE} "
                             f"and {WEIGHTS_FILE})")
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DigitnetError(f"{path}: missing; is {run_dir} a run directory?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DigitnetError(f"{path}: not valid JSON ({e})") from None
+    meta = read_json(path, f"missing; is {run_dir} a run directory?")
     if not isinstance(meta, dict) or "architecture" not in meta:
         raise DigitnetError(f"{path}: no 'architecture' entry; not a digitnet model file")
     return meta
@@ -311,7 +304,3 @@ def weights_digest(run_dir: str | Path) -> str:
 def macs_per_image(model: nn.Sequential) -> int:
     return sum(r["macs"] for r in summarize(model))
 
-
-def glorot_limit(fan_in: int, fan_out: int) -> float:
-    """The Glorot-uniform bound sqrt(6 / (fan_in + fan_out)), for tests and docs."""
-    return math.sqrt(6 / (fan_in + fan_out))

@@ -4,7 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 import digitnet
 from digitnet.config import RECIPES, TrainConfig, make_config

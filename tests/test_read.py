@@ -18,9 +18,8 @@ from PIL import Image
 
 from digitnet.cli import main
 from digitnet.data import load_split
-from digitnet.errors import DigitnetError
 from digitnet.read import DEFAULT_MODEL, load_classifier, predict_image, read_number
-from digitnet.segment import find_digits, segment_digits
+from digitnet.segment import segment_digits
 
 SCALE = 4  # MNIST pixels -> photo pixels
 
