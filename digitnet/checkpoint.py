@@ -23,6 +23,7 @@ import torch
 from digitnet.config import TrainConfig, field_names
 from digitnet.errors import DigitnetError
 from digitnet.files import atomic_write_bytes, read_json, sha256_bytes
+from digitnet.model import read_tensors
 
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
@@ -90,9 +91,6 @@ def save_checkpoint(run_dir: str | Path, tensors: dict[str, torch.Tensor], meta:
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read one checkpoint and verify both checksums; a clear error for anything damaged."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     path = Path(path)
     meta = read_json(path, invalid_hint="; delete it to resume from the one before")
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
@@ -100,18 +98,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if meta.get("meta_sha256") != meta_digest(meta):
         raise DigitnetError(f"{path}: content does not match its recorded SHA-256; the file was edited or "
                             f"damaged; delete it to resume from the one before")
-    tensors_path = path.parent / meta["tensors_file"]
     try:
-        payload = tensors_path.read_bytes()
-    except FileNotFoundError:
-        raise DigitnetError(f"{tensors_path}: missing; {path.name} cannot be used") from None
-    if sha256_bytes(payload) != meta["tensors_sha256"]:
-        raise DigitnetError(f"{tensors_path}: SHA-256 does not match {path.name}; the file is damaged; "
-                            f"delete both to resume from the one before")
-    try:
-        tensors = load(payload)
-    except (SafetensorError, ValueError) as e:
-        raise DigitnetError(f"{tensors_path}: not a valid safetensors file ({e})") from None
+        tensors = read_tensors(path.parent / meta["tensors_file"], meta["tensors_sha256"], path.name)
+    except DigitnetError as e:
+        raise DigitnetError(f"{e}; delete both files to resume from the checkpoint before") from None
     return Checkpoint(path, meta, tensors)
 
 

@@ -260,27 +260,31 @@ def read_meta(run_dir: str | Path) -> dict:
     return meta
 
 
-def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Sequential, dict]:
-    """Rebuild the network from model.json and fill it from model.safetensors, checking both agree."""
+def read_tensors(path: Path, sha256: str | None, recorded_in: str) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, read only after its SHA-256 matches the one `recorded_in` holds."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
+    try:
+        payload = path.read_bytes()
+    except FileNotFoundError:
+        raise DigitnetError(f"{path}: missing, though {recorded_in} names it") from None
+    if sha256 and sha256_bytes(payload) != sha256:
+        raise DigitnetError(f"{path}: SHA-256 does not match {recorded_in} ({sha256_bytes(payload)[:16]}... "
+                            f"instead of {sha256[:16]}...); the file is damaged or replaced")
+    try:
+        return load(payload)
+    except (SafetensorError, ValueError) as e:
+        raise DigitnetError(f"{path}: not a valid safetensors file ({e})") from None
+
+
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Sequential, dict]:
+    """Rebuild the network from model.json and fill it from model.safetensors, checking both agree."""
     run_dir = Path(run_dir)
     meta = read_meta(run_dir)
     arch = meta["architecture"]
     weights = run_dir / meta.get("weights_file", WEIGHTS_FILE)
-    try:
-        payload = weights.read_bytes()
-    except FileNotFoundError:
-        raise DigitnetError(f"{weights}: missing; the run directory is incomplete") from None
-    expected_sha = meta.get("weights_sha256")
-    if expected_sha and sha256_bytes(payload) != expected_sha:
-        raise DigitnetError(f"{weights}: SHA-256 {sha256_bytes(payload)[:16]}... does not match "
-                            f"{expected_sha[:16]}... recorded in {META_FILE}; the file is corrupt or replaced")
-    try:
-        state = load(payload)
-    except (SafetensorError, ValueError) as e:
-        raise DigitnetError(f"{weights}: not a valid safetensors file ({e})") from None
+    state = read_tensors(weights, meta.get("weights_sha256"), META_FILE)
     model = build_model(arch.get("name", "seed"), int(arch.get("num_classes", 10)))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
