@@ -173,7 +173,8 @@ def ink_map(image) -> np.ndarray:
     if not dark_ink(grey):
         grey = 1 - grey  # chalk on a board: make it dark ink on light, one path for both
     bg = background(grey)
-    ink = np.clip((bg - grey) / np.maximum(bg, 0.05), 0, 1)  # division undoes shadows and uneven light
+    ink = darkness(grey, bg)
+    ink = fill_thick_strokes(grey, ink)
     if min(ink.shape) >= 48:
         ink = remove_lines(ink)
     return normalise(ink)
@@ -223,6 +224,46 @@ def dark_ink(grey: np.ndarray) -> bool:
     dark = np.clip(-res - 3 * sigma, 0, None).sum()
     light = np.clip(res - 3 * sigma, 0, None).sum()
     return bool(dark >= light)
+
+
+def darkness(grey: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """How much darker than its paper each pixel is, 0 to 1; the division undoes shadows and uneven light."""
+    return np.clip((bg - grey) / np.maximum(bg, 0.05), 0, 1)
+
+
+def fill_thick_strokes(grey: np.ndarray, ink: np.ndarray) -> np.ndarray:
+    """Give back the inside of strokes wider than the background's window (a fat marker, a close-up).
+
+    background() takes anything dark and wider than its square for paper, so such a stroke keeps only
+    its thin parts, or its outline. A second background from a square three times as wide sees the
+    stroke as ink again; of its dark areas, those as dark as the ink already found and touching it are
+    the missing insides, unless they reach the photo's edge as shadows and ruled lines do. Nothing is
+    added when no strong ink was found (faint pencil is never that wide).
+    """
+    strong = ink[ink > 0.15]
+    if min(ink.shape) < 16 or strong.size < 20:
+        return ink
+    level = float(np.percentile(strong, 90))
+    if level < 0.35:
+        return ink
+    h, w = grey.shape
+    k = max(3, int(0.75 * min(h, w)))
+    wide = darkness(grey, ndimage.minimum_filter(ndimage.maximum_filter(grey, size=k), size=k))
+    dark = wide > 0.7 * level
+    found = ink > 0.7 * level
+    extra = dark & ~found
+    if extra.sum() < 0.05 * found.sum():
+        return ink
+    labels, n = ndimage.label(dark, structure=np.ones((3, 3)))
+    touching = set(np.unique(labels[found & dark]).tolist())
+    # A shadow or a ruled line runs off the photo; a digit, even a fat one, has paper around it.
+    border = set(np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])).tolist())
+    keep = sorted(touching - border - {0})
+    if not keep:
+        return ink
+    inside = np.isin(labels, keep)
+    inside = ndimage.binary_dilation(inside, iterations=1)  # the anti-aliased rim
+    return np.where(inside, np.maximum(ink, wide), ink).astype(np.float32)
 
 
 def background(grey: np.ndarray) -> np.ndarray:
@@ -357,19 +398,47 @@ def ink_to_mnist(ink: np.ndarray) -> np.ndarray:
         raise DigitnetError("no digit found in the image (it looks blank)")
     mass = ndimage.sum(ink, labels, index=np.arange(1, n + 1))
     boxes = ndimage.find_objects(labels)
-    # The digit: big components plus small pieces near them (a broken stroke, a 5's detached bar);
-    # far-away specks would otherwise stretch the crop.
-    main = [i for i in range(n) if mass[i] >= 0.15 * mass.max()]
-    y0, y1, x0, x1 = bounds([boxes[i] for i in main])
-    my, mx = 0.25 * (y1 - y0) + 2, 0.25 * (x1 - x0) + 2
-    parts = [i for i in range(n) if i in main or (boxes[i][0].start >= y0 - my and boxes[i][0].stop <= y1 + my
-                                                   and boxes[i][1].start >= x0 - mx and boxes[i][1].stop <= x1 + mx)]
+    parts = digit_parts(mass, boxes)
     y0, y1, x0, x1 = bounds([boxes[i] for i in parts])
     grown = ndimage.binary_dilation(np.isin(labels, np.array(parts) + 1), iterations=2)
     crop = np.where(grown, ink, 0)[y0:y1, x0:x1]
     if mass.sum() < 2.0:
         raise DigitnetError("no digit found in the image (only a few faint specks)")
     return place_in_28(thicken(crop))
+
+
+def digit_parts(mass: np.ndarray, boxes: list) -> list[int]:
+    """Which components make the digit: the heaviest, and every piece near the growing group.
+
+    Growing from the heaviest component keeps a broken stroke or a 5's detached bar (they lie close),
+    while leftover line pieces, dust or a shadow's edge elsewhere in the photo stay out: they would
+    otherwise stretch the crop and shrink the digit within it.
+    """
+    parts = [int(np.argmax(mass))]
+    rest = set(range(len(mass))) - set(parts)
+    # How far a piece may lie from the group, in group sizes, by its mass: pieces as heavy as the
+    # heaviest (the dots of a chalk stroke) reach far, lesser ones less; a light one must lie wholly
+    # within a quarter of the group's size (a shadow's edge beside the digit must not join).
+    reach = np.where(mass >= 0.5 * mass.max(), 1.5, np.where(mass >= 0.15 * mass.max(), 0.6, -1.0))
+    while rest:
+        y0, y1, x0, x1 = bounds([boxes[i] for i in parts])
+        side = max(y1 - y0, x1 - x0)
+        margin = 0.25 * side + 2
+
+        def joins(i: int) -> bool:
+            (ys, xs), far = boxes[i], reach[i] * side + 2
+            if reach[i] > 0 and ys.start < y1 + far and ys.stop > y0 - far and xs.start < x1 + far \
+                    and xs.stop > x0 - far:
+                return True
+            return ys.start >= y0 - margin and ys.stop <= y1 + margin and xs.start >= x0 - margin \
+                and xs.stop <= x1 + margin
+
+        near = [i for i in rest if joins(i)]
+        if not near:
+            break
+        parts += near
+        rest -= set(near)
+    return parts
 
 
 def bounds(boxes) -> tuple[int, int, int, int]:

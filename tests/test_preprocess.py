@@ -133,6 +133,39 @@ def test_specks_do_not_move_the_crop():
     assert similar(to_mnist(im), to_mnist(seven(size=(240, 260)))) > 0.9
 
 
+def test_a_fat_marker_stroke_keeps_its_inside():
+    # A ring whose stroke (70 px) is wider than the background's square (25% of 240 = 60 px): without
+    # the second, wider background it came out as two outlines; the hole must stay a hole.
+    im = Image.new("L", (240, 240), 230)
+    ImageDraw.Draw(im).ellipse([30, 20, 210, 220], outline=25, width=70)
+    seen = to_mnist(im).astype(float) / 255
+    ideal = Image.new("L", (240, 240), 0)
+    ImageDraw.Draw(ideal).ellipse([30, 20, 210, 220], outline=255, width=70)
+    assert similar(seen, to_mnist(ideal)) > 0.9  # the same ring as white ink on black
+    assert seen[14, 14] < 0.1 and seen[14, 6] > 0.8  # hollow centre, solid stroke
+
+
+def test_a_thick_stroke_in_a_shadow_does_not_swallow_the_shadow():
+    a = np.asarray(seven(size=(240, 260), width=40), np.float32)
+    yy, xx = np.mgrid[:260, :240]
+    im = Image.fromarray((a * np.where(yy > 150 + 0.3 * xx, 0.5, 1.0)).astype(np.uint8))
+    assert similar(to_mnist(im), to_mnist(seven(size=(240, 260), width=40))) > 0.85
+
+
+def test_far_pieces_stay_out_and_a_dotted_stroke_stays_whole():
+    im = seven(size=(400, 400))
+    draw = ImageDraw.Draw(im)
+    draw.line([(330, 300), (330, 390)], fill=90, width=3)  # a leftover piece of a line, far away
+    draw.line([(250, 380), (395, 380)], fill=90, width=3)
+    assert similar(to_mnist(im), to_mnist(seven(size=(400, 400)))) > 0.9
+    dots = Image.new("L", (200, 200), 240)
+    for y in range(30, 171, 28):  # a 1 of chalk dots with gaps wider than the dots
+        ImageDraw.Draw(dots).ellipse([92, y, 108, y + 14], fill=20)
+    seen = to_mnist(dots)
+    rows, cols = np.nonzero(seen.max(axis=1) > 64)[0], np.nonzero(seen.max(axis=0) > 64)[0]
+    assert np.ptp(rows) >= 15 and np.ptp(cols) <= 8  # all five dots: a tall thin 1, not one dot blown up
+
+
 @pytest.mark.parametrize("blank", [
     Image.new("L", (100, 100), 255),
     Image.new("RGB", (300, 200), (120, 130, 140)),
