@@ -8,7 +8,9 @@ torch.Generator passed in, so a run with the same seed sees the same distorted i
     x = scale_pixels(uint8).unsqueeze(1)                # (B, 1, 28, 28) float32 in [0, 1]
     x = augment_batch(x, "affine+elastic", generator)   # same shape, dtype and range
 
-A mode joins parts with "+": affine, elastic, ink. `ink` changes the pen rather than the shape: strokes
+A mode joins parts with "+": affine, elastic, ink, flip. `flip` mirrors half the images left to right:
+for Fashion-MNIST (a shoe facing either way is a shoe), never for digits. `ink` changes the pen rather
+than the shape: strokes
 thicker or thinner, faded unevenly, broken in places, blurred. MNIST was written with one kind of pen
 and scanned cleanly; photos of pencil, ballpoint and marker are not, and preprocessing can only
 normalise so much of that.
@@ -29,8 +31,9 @@ import torch.nn.functional as F
 
 from digitnet.errors import DigitnetError
 
-PARTS = ("affine", "elastic", "ink")
-MODES = ("none", "affine", "elastic", "affine+elastic", "ink", "affine+ink", "affine+elastic+ink")
+PARTS = ("affine", "elastic", "ink", "flip")
+MODES = ("none", "affine", "elastic", "affine+elastic", "ink", "affine+ink", "affine+elastic+ink", "flip",
+         "affine+flip")
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,11 @@ class AugmentSettings:
     alpha: float = 34.0        # elastic: displacement scale in pixels (Simard et al. 2003)
     sigma: float = 4.0         # elastic: Gaussian smoothing of the random field, in pixels
     ink: float = 1.0           # ink: strength of the pen changes (0: none)
+    flip: float = 0.5          # flip: chance that an image is mirrored left to right
 
 
 DEFAULT = AugmentSettings()
-NONE = AugmentSettings(rotation=0.0, scale=0.0, translate=0.0, shear=0.0, alpha=0.0, ink=0.0)
+NONE = AugmentSettings(rotation=0.0, scale=0.0, translate=0.0, shear=0.0, alpha=0.0, ink=0.0, flip=0.0)
 
 
 def parts(mode: str) -> set[str]:
@@ -170,6 +174,9 @@ def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator,
         grid = grid.to(device=x.device, dtype=x.dtype)
         # Outside the image is background: zeros (black), as MNIST's border.
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if "flip" in use:
+        mirror = (torch.rand(batch, generator=generator) < settings.flip).view(-1, 1, 1, 1).to(x.device)
+        x = torch.where(mirror, x.flip(-1), x)
     if "ink" in use and settings.ink > 0:
         x = ink_changes(x, settings.ink, generator)
     return x.clamp_(0.0, 1.0)  # bilinear weights and blends keep [0, 1] already; clamp guards rounding

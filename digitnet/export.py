@@ -111,6 +111,9 @@ def check_parity(wrapper: nn.Module, session, images: np.ndarray) -> dict:
             "same_argmax": float((got.argmax(1) == expected.argmax(1)).mean())}
 
 
+CHUNK = 256  # images per ONNX Runtime call in OnnxClassifier.predict
+
+
 class OnnxClassifier:
     """model.onnx under ONNX Runtime, with the same predict(images) as read.Classifier."""
 
@@ -135,4 +138,7 @@ class OnnxClassifier:
         x = np.ascontiguousarray(self.prepare(images), dtype=np.uint8)
         if len(x) == 0:
             return np.zeros((0, len(self.class_names)), np.float32)
-        return self.session.run(None, {"pixels": x})[0]
+        # In chunks, as predict_logits does for PyTorch: one run over 10,000 images holds ~0.9 GB per
+        # activation and ran 5x slower per image than chunks of 256 (benchmarks/infer_bench.py).
+        return np.concatenate([self.session.run(None, {"pixels": x[i:i + CHUNK]})[0]
+                               for i in range(0, len(x), CHUNK)])

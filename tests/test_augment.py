@@ -26,8 +26,8 @@ def test_shape_dtype_range_and_change(batch, mode):
     assert out.min() >= 0 and out.max() <= 1
     # Every image moves (a typical distortion changes ~10% of the mean pixel mass), ink survives.
     per_image = (out - x).abs().mean(dim=(1, 2, 3))
-    if mode == "ink":  # each pen change hits a random share of images; about a quarter get none
-        assert (per_image > 0.01).float().mean() > 0.5
+    if mode in ("ink", "flip"):  # each hits a random share of images (a pen change: about 3 in 4)
+        assert (per_image > 0.01).float().mean() > 0.3
     else:
         assert (per_image > 0.01).all()
     # Thinning plus fading may take most of a thin digit's ink, never all of it.
@@ -119,3 +119,12 @@ def test_pool_max_matches_max_pool2d():
     from digitnet.augment import _pool_max
     x = torch.rand(4, 1, 28, 28, generator=rng(2))
     assert torch.equal(_pool_max(x), F.max_pool2d(x, 3, stride=1, padding=1))
+
+
+def test_flip_mirrors_about_half():
+    x = torch.zeros(200, 1, 28, 28)
+    x[:, :, 10:18, 2:6] = 1.0  # a bar at the left
+    out = augment_batch(x, "flip", rng(4))
+    mirrored = out[:, 0, 12, 22:26].sum(dim=1) == 4  # ... now at the right
+    assert 60 < int(mirrored.sum()) < 140
+    assert torch.equal(out[~mirrored], x[~mirrored])
