@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from digitnet.errors import DigitnetError  # noqa: E402
-from digitnet.preprocess import load_image, to_grey, to_mnist  # noqa: E402
+from digitnet.images import load_image  # noqa: E402
+from digitnet.preprocess import to_grey, to_mnist  # noqa: E402
 
 METHODS = ("naive", "simple", "digitnet")
 TARGETS = {"mnist photos": 0.98, "font photos": 0.98, "load_digits": 0.95, "numbers (exact)": 0.90}

@@ -14,7 +14,8 @@ from torch import nn
 
 from digitnet.errors import DigitnetError
 from digitnet.model import summarize
-from digitnet.preprocess import load_image, scale_pixels
+from digitnet.images import load_image
+from digitnet.preprocess import scale_pixels
 
 # Layers whose outputs are shown as pictures; dense layers are added on request.
 MAP_TYPES = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)

@@ -2,7 +2,7 @@
 
 A photo of a digit is turned into what MNIST was made of, in three steps:
 
-    load_image(path or bytes)   safe opening: bad files, bombs and animations raise DigitnetError
+    load_image(path or bytes)   safe opening (digitnet/images.py): bad files, bombs, animations refused
     ink_map(image)              float32 (H, W) in [0, 1], white ink on black: polarity decided,
                                 background and uneven light divided out, ruled lines removed
     ink_to_mnist(ink)           uint8 (28, 28): crop to the ink, fit 20x20 keeping the aspect ratio,
@@ -12,21 +12,13 @@ A photo of a digit is turned into what MNIST was made of, in three steps:
 """
 from __future__ import annotations
 
-import io
-import warnings
-from pathlib import Path
-
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from scipy import ndimage
 
 from digitnet.errors import DigitnetError
 
-# Refuse images at or above this side or pixel count before decoding: a 20000x20000 PNG is a few KB
-# on disk but 400 M pixels (1.2 GB as RGB) once decoded.
-MAX_SIDE = 20000
-MAX_PIXELS = 40_000_000
 # Larger images are reduced to this longest side before any analysis: digits need far fewer pixels,
 # and it bounds time and memory per image.
 WORK_SIDE = 1200
@@ -43,75 +35,6 @@ def scale_pixels(x: torch.Tensor) -> torch.Tensor:
     notebook fed raw 0-255 values; that trains under TensorFlow but diverges under other backends.
     """
     return x.to(torch.float32).div_(255.0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Opening files safely
-
-
-def load_image(source: str | Path | bytes) -> Image.Image:
-    """Open an image file or bytes, checking size before decoding; EXIF rotation applied."""
-    name = "image data" if isinstance(source, (bytes, bytearray)) else str(source)
-    if isinstance(source, (bytes, bytearray)):
-        if not source:
-            raise DigitnetError("image data is empty (0 bytes)")
-        fp = io.BytesIO(source)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise DigitnetError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
-        if path.stat().st_size == 0:
-            raise DigitnetError(f"{path}: the file is empty (0 bytes)")
-        fp = path
-    with warnings.catch_warnings():
-        # Pillow's own bomb check only warns below 2x its limit; ours below is stricter.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            with Image.open(fp) as im:
-                check_header(im, name)
-                im.load()
-                image = ImageOps.exif_transpose(im)
-                image = image.copy() if image is im else image
-        except DigitnetError:
-            raise
-        except Image.DecompressionBombError:
-            raise DigitnetError(f"{name}: too large (decompression bomb?); the limit is "
-                                f"{MAX_PIXELS:,} pixels and sides under {MAX_SIDE}") from None
-        except Image.UnidentifiedImageError:
-            size = header_size(bytes(source[:32]) if isinstance(source, (bytes, bytearray)) else read_head(fp))
-            if size is not None and 0 in size:
-                raise DigitnetError(f"{name}: the image has zero size ({size[0]}x{size[1]})") from None
-            raise DigitnetError(f"{name}: not an image Pillow can read (try PNG or JPEG)") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as e:
-            raise DigitnetError(f"{name}: broken or truncated image ({e})") from None
-    return image
-
-
-def read_head(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(32)
-
-
-def header_size(head: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG or GIF header, which Pillow will not open when a side is 0."""
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
-        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-    if head[:4] == b"GIF8" and len(head) >= 10:
-        return int.from_bytes(head[6:8], "little"), int.from_bytes(head[8:10], "little")
-    return None
-
-
-def check_header(im: Image.Image, name: str) -> None:
-    """Refuse what the header already shows to be unusable, before any pixel is decoded."""
-    w, h = im.size
-    if w <= 0 or h <= 0:
-        raise DigitnetError(f"{name}: the image has zero size ({w}x{h})")
-    if w >= MAX_SIDE or h >= MAX_SIDE or w * h > MAX_PIXELS:
-        raise DigitnetError(f"{name}: {w}x{h} is too large (decompression bomb?); the limit is "
-                            f"{MAX_PIXELS:,} pixels and sides under {MAX_SIDE}")
-    if getattr(im, "n_frames", 1) > 1:
-        raise DigitnetError(f"{name}: an animated or multi-frame image ({im.n_frames} frames); "
-                            f"save one frame as PNG or JPEG")
 
 
 # ---------------------------------------------------------------------------------------------

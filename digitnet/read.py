@@ -3,8 +3,9 @@
     digitnet predict photo.jpg scans/ 'more/*.png' -      # one digit per image, with confidence
     digitnet read number.jpg --annotate boxes.png         # a written number, digit by digit
 
-A Classifier wraps a loaded run. All image maths (decoding, ink, 28x28) lives in digitnet.preprocess;
-digitnet.segment finds the digits of a number in the ink map; this module asks the network.
+A Classifier wraps a loaded run. Files are opened by digitnet.images, the image maths (ink, 28x28)
+lives in digitnet.preprocess, digitnet.segment finds the digits of a number in the ink map; this
+module asks the network.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 
 from digitnet import preprocess
 from digitnet.errors import DigitnetError
+from digitnet.images import load_image
 from digitnet.model import load_model, pick_device, predict_logits, probabilities
 from digitnet.preprocess import to_mnist
 from digitnet.segment import find_digits, segment_digits  # noqa: F401 (segment_digits: API)
@@ -103,8 +105,8 @@ def open_source(source: str, stdin=None):
         if len(data) > MAX_STDIN_BYTES:
             raise DigitnetError(f"standard input holds more than {MAX_STDIN_BYTES >> 20} MB; "
                                 f"that is no single photo")
-        return preprocess.load_image(data)
-    return preprocess.load_image(Path(source))
+        return load_image(data)
+    return load_image(Path(source))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -180,10 +180,10 @@ def pixels_to_array(pixels) -> np.ndarray:
 
 
 def load_upload(data: bytes, max_pixels: int = MAX_PIXELS):
-    """Image file bytes -> PIL image via preprocess.load_image, refusing large images before decoding."""
+    """Image file bytes -> PIL image via images.load_image, refusing large images before decoding."""
     from PIL import Image, UnidentifiedImageError
 
-    from digitnet.preprocess import load_image
+    from digitnet.images import load_image
 
     try:  # opening reads only the header: the size is known before any pixel is decoded
         with Image.open(io.BytesIO(data)) as probe:

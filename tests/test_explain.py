@@ -90,7 +90,8 @@ def test_saliency_lies_on_the_ink(tiny_run, test_digits, realistic, tmp_path):
         shares.append(stats["mass_inside_box"])
     assert np.mean(shares) > 0.7 and np.min(shares) > 0.5
     # and on photos from the realistic test set, through the CLI's preprocessing
-    from digitnet.preprocess import load_image, to_mnist
+    from digitnet.images import load_image
+    from digitnet.preprocess import to_mnist
 
     for i in range(12):
         x28 = to_mnist(load_image(realistic(i, tmp_path)[0]))

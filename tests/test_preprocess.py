@@ -10,7 +10,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from digitnet.errors import DigitnetError
-from digitnet.preprocess import ink_map, ink_to_mnist, load_image, to_mnist
+from digitnet.images import load_image
+from digitnet.preprocess import ink_map, ink_to_mnist, to_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
 

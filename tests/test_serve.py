@@ -19,7 +19,7 @@ from digitnet import serve  # noqa: E402
 from digitnet.data import load_split  # noqa: E402
 from digitnet.errors import DigitnetError  # noqa: E402
 from digitnet.explain import feature_maps  # noqa: E402
-from digitnet.preprocess import load_image  # noqa: E402
+from digitnet.images import load_image  # noqa: E402
 from digitnet.read import digit_input, load_classifier, read_number  # noqa: E402
 
 

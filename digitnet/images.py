@@ -1,0 +1,86 @@
+"""Opening image files safely: every bad input becomes a DigitnetError with a clear message.
+
+    load_image(path or bytes) -> PIL.Image   EXIF rotation applied; sizes checked before decoding
+
+Not an image, empty, truncated, zero-size, animated or multi-frame, and decompression bombs (checked
+from the header, so a 20000x20000 PNG of a few KB costs nothing) are all refused.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from digitnet.errors import DigitnetError
+
+# Refuse images at or above this side or pixel count before decoding: a 20000x20000 PNG is a few KB
+# on disk but 400 M pixels (1.2 GB as RGB) once decoded.
+MAX_SIDE = 20000
+MAX_PIXELS = 40_000_000
+
+
+def load_image(source: str | Path | bytes) -> Image.Image:
+    """Open an image file or bytes, checking size before decoding; EXIF rotation applied."""
+    name = "image data" if isinstance(source, (bytes, bytearray)) else str(source)
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise DigitnetError("image data is empty (0 bytes)")
+        fp = io.BytesIO(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise DigitnetError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+        if path.stat().st_size == 0:
+            raise DigitnetError(f"{path}: the file is empty (0 bytes)")
+        fp = path
+    with warnings.catch_warnings():
+        # Pillow's own bomb check only warns below 2x its limit; ours below is stricter.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(fp) as im:
+                check_header(im, name)
+                im.load()
+                image = ImageOps.exif_transpose(im)
+                image = image.copy() if image is im else image
+        except DigitnetError:
+            raise
+        except Image.DecompressionBombError:
+            raise DigitnetError(f"{name}: too large (decompression bomb?); the limit is "
+                                f"{MAX_PIXELS:,} pixels and sides under {MAX_SIDE}") from None
+        except Image.UnidentifiedImageError:
+            size = header_size(bytes(source[:32]) if isinstance(source, (bytes, bytearray)) else read_head(fp))
+            if size is not None and 0 in size:
+                raise DigitnetError(f"{name}: the image has zero size ({size[0]}x{size[1]})") from None
+            raise DigitnetError(f"{name}: not an image Pillow can read (try PNG or JPEG)") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            raise DigitnetError(f"{name}: broken or truncated image ({e})") from None
+    return image
+
+
+def read_head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(32)
+
+
+def header_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG or GIF header, which Pillow will not open when a side is 0."""
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if head[:4] == b"GIF8" and len(head) >= 10:
+        return int.from_bytes(head[6:8], "little"), int.from_bytes(head[8:10], "little")
+    return None
+
+
+def check_header(im: Image.Image, name: str) -> None:
+    """Refuse what the header already shows to be unusable, before any pixel is decoded."""
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise DigitnetError(f"{name}: the image has zero size ({w}x{h})")
+    if w >= MAX_SIDE or h >= MAX_SIDE or w * h > MAX_PIXELS:
+        raise DigitnetError(f"{name}: {w}x{h} is too large (decompression bomb?); the limit is "
+                            f"{MAX_PIXELS:,} pixels and sides under {MAX_SIDE}")
+    if getattr(im, "n_frames", 1) > 1:
+        raise DigitnetError(f"{name}: an animated or multi-frame image ({im.n_frames} frames); "
+                            f"save one frame as PNG or JPEG")
