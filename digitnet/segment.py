@@ -34,6 +34,7 @@ WIDTH_CAP = 0.75      # the usual digit width is at most this fraction of the he
 ONE_DIGIT = 0.9
 MIN_WIDTH, MAX_WIDTH = 0.3, 1.5
 FLAT = 0.3            # groups lower than this fraction of the digit height are not digits
+TALL = 0.6            # each digit of a cut spans at least this fraction of its group's height
 BRIDGE = 0.04         # gaps in a stroke up to this fraction of the ink's height are closed
 SHEARS = (0.0, 0.3, -0.15)  # cut slants tried when a score can judge them (italic writing leans right)
 PAD = 2               # pixels of anti-aliased edge kept around each digit's stroke
@@ -103,6 +104,12 @@ def find_digits(ink: np.ndarray, score: Score | None = None) -> list[Piece]:
             if len(o) > 1:
                 # Mean log-confidence: a wrong cut leaves parts of digits the network is unsure of.
                 values = [np.mean([next(confidence) for _ in cut]) if cut else -math.inf for cut in o]
+                # ... but a corner cut off a wide digit (the bar of a 7, the tail of a 2) can look like
+                # a digit to the network; digits written side by side are about equally tall.
+                group_height = groups[k][1][3] - groups[k][1][1]
+                tall = [bool(cut) and all(p.box[3] - p.box[1] >= TALL * group_height for p in cut) for cut in o]
+                if any(tall):
+                    values = [v if t else -math.inf for v, t in zip(values, tall)]
                 options[k] = [o[int(np.argmax(values))]]
     # A cut can leave a flat end of a ruled line that ran through a digit: not a digit either.
     pieces = [p for o in options for p in o[0] if p.box[3] - p.box[1] >= FLAT * height]

@@ -316,6 +316,30 @@ def test_read_number_splits_touching_digits_with_the_classifier(mnist_test, sure
 # Calibration and coverage
 
 
+def test_a_cut_that_leaves_a_short_corner_is_not_taken():
+    """A 7 whose bar runs far right is wide enough to be two digits; cutting it leaves the bar's curled
+    end, a short piece. Even when the network would be surer of the pieces, digits side by side are about
+    equally tall, so the uncut 7 wins."""
+    from digitnet.segment import find_digits
+
+    ink = np.zeros((80, 100), np.float32)
+    ink[10:16, 10:90] = 1.0  # the bar, reaching far right ...
+    ink[10:35, 84:90] = 1.0  # ... where it curls down a little
+    for y in range(16, 70):  # the stem, from the middle of the bar down to the left
+        x = int(50 - (y - 16) * 0.5)
+        ink[y, x - 3:x + 3] = 1.0
+
+    def keen_on_pieces(crops):  # sure of any small crop, unsure of the whole
+        return [0.99 if c.shape[1] < 50 else 0.5 for c in crops]
+
+    assert len(find_digits(ink, keen_on_pieces)) == 1
+    two = np.zeros_like(ink)  # two equally tall 0s that touch are still cut apart
+    for left in (15, 49):
+        two[10:70, left:left + 36] = 1.0
+        two[16:64, left + 6:left + 30] = 0.0
+    assert len(find_digits(two, keen_on_pieces)) == 2
+
+
 def test_expected_calibration_error_by_hand():
     from digitnet.calibration import expected_calibration_error
 
