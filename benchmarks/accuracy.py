@@ -9,6 +9,7 @@ Groups (each a plain `digitnet train` command line, shown in the table):
   best           `--recipe best`: the batch-norm CNN, affine augmentation, one-cycle, 5,000-image holdout
   fashion-seed   the notebook on Fashion-MNIST
   fashion-best   `--recipe best` on Fashion-MNIST
+  fashion-flip   `--recipe best --augment flip` on Fashion-MNIST (mirroring instead of rotation)
 
 Epochs and settings were chosen on the holdout (val_accuracy in history.json); the test set is read
 only by `report`, once per run, after training is over. Each group's runs form an ensemble (their
@@ -36,7 +37,10 @@ GROUPS = {
     "best": ["--recipe", "best"],
     "fashion-seed": ["--dataset", "fashion-mnist"],
     "fashion-best": ["--recipe", "best", "--dataset", "fashion-mnist"],
+    "fashion-flip": ["--recipe", "best", "--dataset", "fashion-mnist", "--augment", "flip"],
 }
+# Ensembles across groups, fixed before any test score was seen: every augmented MNIST run.
+COMMITTEES = {"committee (seed-augment + best)": ["seed-augment", "best"]}
 
 
 def train(group: str, seeds: list[int], out: Path, extra: list[str], lock: bool = True) -> None:
@@ -88,6 +92,13 @@ def report(out: Path, results_file: Path) -> dict:
             entry["ensemble"] = evaluate_ensemble(runs)["accuracy"]
             entry["ensemble_tta"] = evaluate_ensemble(runs, tta=True)["accuracy"]
         table[group] = entry
+    for name, groups in COMMITTEES.items():
+        runs = [out / r["run"] for g in groups if g in table for r in table[g]["runs"]]
+        if len(runs) > 1 and all(g in table for g in groups):
+            table[name] = {"command": " + ".join(table[g]["command"] for g in groups), "runs": [],
+                           "members": [r.name for r in runs],
+                           "ensemble": evaluate_ensemble(runs)["accuracy"],
+                           "ensemble_tta": evaluate_ensemble(runs, tta=True)["accuracy"]}
     results_file.parent.mkdir(parents=True, exist_ok=True)
     results_file.write_text(json.dumps(table, indent=2) + "\n")
     print(format_table(table))
@@ -98,6 +109,10 @@ def format_table(table: dict) -> str:
     lines = ["| group | runs | test acc. mean | min | max | 1st run + TTA | ensemble | ensemble + TTA "
              "| train time/run | params | MACs |", "| --- " * 11 + "|"]
     for group, e in table.items():
+        if not e["runs"]:  # a committee: only its ensemble
+            lines.append(f"| {group} | {len(e['members'])} | - | - | - | - | {e['ensemble']:.2%} | "
+                         f"{e['ensemble_tta']:.2%} | - | - | - |")
+            continue
         first = e["runs"][0]
         lines.append(f"| {group} | {len(e['runs'])} | {e['mean']:.2%} | {e['min']:.2%} | {e['max']:.2%} | "
                      f"{e['tta']:.2%} | {e.get('ensemble', float('nan')):.2%} | "

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -80,10 +81,26 @@ def setup(dist: Dist, device: torch.device) -> None:
     dist.started = True
 
 
-def wait_for_all(dist: Dist) -> None:
+def wait_for_all(dist: Dist, timeout_s: float = 60.0) -> None:
     """Block until every rank gets here (after a successful run: leave together, see teardown)."""
-    if dist.enabled and tdist.is_initialized():
-        tdist.barrier()
+    if not (dist.enabled and tdist.is_initialized()):
+        return
+    tdist.barrier()
+    # gloo's barrier can return on one rank while the other is still in its last receive; tearing the
+    # group down then aborted the other process ("terminate called without an active exception", seen
+    # on a loaded 2-core machine after the run was saved). A second meeting through the rendezvous
+    # store, plain TCP outside gloo, lets no rank tear down until all have left the barrier.
+    global _meetings
+    _meetings += 1  # every rank calls this in the same order, so the keys match across ranks
+    key = f"digitnet/left-barrier/{_meetings}"
+    store = tdist.distributed_c10d._get_default_store()
+    store.add(key, 1)
+    deadline = time.monotonic() + timeout_s
+    while store.add(key, 0) < dist.world and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+_meetings = 0  # wait_for_all calls so far in this process
 
 
 def teardown(dist: Dist) -> None:
