@@ -10,10 +10,9 @@ torch.Generator passed in, so a run with the same seed sees the same distorted i
 
 A mode joins parts with "+": affine, elastic, ink, flip. `flip` mirrors half the images left to right:
 for Fashion-MNIST (a shoe facing either way is a shoe), never for digits. `ink` changes the pen rather
-than the shape: strokes
-thicker or thinner, faded unevenly, broken in places, blurred. MNIST was written with one kind of pen
-and scanned cleanly; photos of pencil, ballpoint and marker are not, and preprocessing can only
-normalise so much of that.
+than the shape: strokes thicker or thinner, faded unevenly, broken in places, blurred. MNIST was
+written with one kind of pen and scanned cleanly; photos of pencil, ballpoint and marker are not, and
+preprocessing can only normalise so much of that.
 
 Defaults follow the published recipes that reach 99.6-99.7% with plain CNNs: rotation +-10 degrees,
 zoom +-10%, shifts of +-10% of the side (Keras ImageDataGenerator settings used by the well-known
