@@ -81,6 +81,9 @@ def setup(dist: Dist, device: torch.device) -> None:
     dist.started = True
 
 
+_meetings = 0  # wait_for_all calls so far in this process
+
+
 def wait_for_all(dist: Dist, timeout_s: float = 60.0) -> None:
     """Block until every rank gets here (after a successful run: leave together, see teardown)."""
     if not (dist.enabled and tdist.is_initialized()):
@@ -98,9 +101,6 @@ def wait_for_all(dist: Dist, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while store.add(key, 0) < dist.world and time.monotonic() < deadline:
         time.sleep(0.01)
-
-
-_meetings = 0  # wait_for_all calls so far in this process
 
 
 def teardown(dist: Dist) -> None:

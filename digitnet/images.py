@@ -21,8 +21,16 @@ MAX_SIDE = 20000
 MAX_PIXELS = 40_000_000
 
 
-def load_image(source: str | Path | bytes) -> Image.Image:
-    """Open an image file or bytes, checking size before decoding; EXIF rotation applied."""
+class ImageTooLarge(DigitnetError):
+    """More pixels than allowed; the server answers it with 413 (payload too large)."""
+    status = 413
+
+
+def load_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open an image file or bytes, checking size before decoding; EXIF rotation applied.
+
+    max_pixels may only be lower than MAX_PIXELS (the server sets its own limit)."""
+    max_pixels = min(max_pixels, MAX_PIXELS)
     name = "image data" if isinstance(source, (bytes, bytearray)) else str(source)
     if isinstance(source, (bytes, bytearray)):
         if not source:
@@ -40,15 +48,15 @@ def load_image(source: str | Path | bytes) -> Image.Image:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             with Image.open(fp) as im:
-                check_header(im, name)
+                check_header(im, name, max_pixels)
                 im.load()
                 image = ImageOps.exif_transpose(im)
                 image = image.copy() if image is im else image
         except DigitnetError:
             raise
         except Image.DecompressionBombError:
-            raise DigitnetError(f"{name}: too large (decompression bomb?); the limit is "
-                                f"{MAX_PIXELS:,} pixels and sides under {MAX_SIDE}") from None
+            raise ImageTooLarge(f"{name}: too large (decompression bomb?); the limit is "
+                                f"{max_pixels:,} pixels and sides under {MAX_SIDE}") from None
         except Image.UnidentifiedImageError:
             size = header_size(bytes(source[:32]) if isinstance(source, (bytes, bytearray)) else read_head(fp))
             if size is not None and 0 in size:
@@ -73,14 +81,14 @@ def header_size(head: bytes) -> tuple[int, int] | None:
     return None
 
 
-def check_header(im: Image.Image, name: str) -> None:
+def check_header(im: Image.Image, name: str, max_pixels: int = MAX_PIXELS) -> None:
     """Refuse what the header already shows to be unusable, before any pixel is decoded."""
     w, h = im.size
     if w <= 0 or h <= 0:
         raise DigitnetError(f"{name}: the image has zero size ({w}x{h})")
-    if w >= MAX_SIDE or h >= MAX_SIDE or w * h > MAX_PIXELS:
-        raise DigitnetError(f"{name}: {w}x{h} is too large (decompression bomb?); the limit is "
-                            f"{MAX_PIXELS:,} pixels and sides under {MAX_SIDE}")
+    if w >= MAX_SIDE or h >= MAX_SIDE or w * h > max_pixels:
+        raise ImageTooLarge(f"{name}: {w}x{h} = {w * h:,} pixels is too large (decompression bomb?); the "
+                            f"limit is {max_pixels:,} pixels and sides under {MAX_SIDE}")
     if getattr(im, "n_frames", 1) > 1:
         raise DigitnetError(f"{name}: an animated or multi-frame image ({im.n_frames} frames); "
                             f"save one frame as PNG or JPEG")

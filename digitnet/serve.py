@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import io
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from digitnet.errors import DigitnetError
+from digitnet.images import load_image
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"  # beside this file, never the cwd
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a phone photo of a digit fits; anything larger is refused with 413
@@ -179,28 +179,11 @@ def pixels_to_array(pixels) -> np.ndarray:
     return np.rint(x).astype(np.uint8)
 
 
-def load_upload(data: bytes, max_pixels: int = MAX_PIXELS):
-    """Image file bytes -> PIL image via images.load_image, refusing large images before decoding."""
-    from PIL import Image, UnidentifiedImageError
-
-    from digitnet.images import load_image
-
-    try:  # opening reads only the header: the size is known before any pixel is decoded
-        with Image.open(io.BytesIO(data)) as probe:
-            width, height = probe.size
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        width = height = 0  # not an image: load_image says so in its own words
-    if width * height > max_pixels:
-        raise RequestError(f"image is {width}x{height} = {width * height:,} pixels; this server's limit "
-                           f"is {max_pixels:,}", status=413)
-    return load_image(data)
-
-
 def image_to_mnist(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Image file bytes -> uint8 (28, 28), white ink on black, as `digitnet predict` prepares it."""
     from digitnet.read import NO_DIGIT, digit_input
 
-    x28 = digit_input(load_upload(data, max_pixels))
+    x28 = digit_input(load_image(data, max_pixels))  # over the limit: 413, from the header
     if x28 is None:
         raise DigitnetError(f"{NO_DIGIT}: the image is blank or holds only specks; draw or send a digit")
     return x28
@@ -358,7 +341,7 @@ def create_app(model_dir: str | Path | None = None, classifier=None, max_body_by
         from digitnet.read import read_number
 
         _, data = await read_request(request, max_body_bytes, max_pixels, allow_pixels=False)
-        image = await run_in_threadpool(load_upload, data, max_pixels)
+        image = await run_in_threadpool(load_image, data, max_pixels)
         return _jsonable(await batcher.run(read_number, image, classifier))
 
     @app.get("/api/model")
