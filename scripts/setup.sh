@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv with the CPU build of PyTorch and digitnet installed in editable mode.
 #   scripts/setup.sh          runtime: train, evaluate, predict, serve, export
-#   scripts/setup.sh --test   also the test tools, and Chromium for the browser test (apt, as root)
+#   scripts/setup.sh --test   also the test tools, and Chromium, fonts, Fashion-MNIST and hey (apt, as root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="serve,export"
@@ -19,6 +19,7 @@ if [[ "${1:-}" == "--test" ]]; then
     [[ -x /usr/bin/chromium ]] || need+=(chromium)
     [[ -d /usr/share/datasets/fashion-mnist ]] || need+=(dataset-fashion-mnist)
     fc-list 2>/dev/null | grep -qi "humor" || need+=(fonts-dkg-handwriting fonts-humor-sans fonts-comic-neue)
+    command -v hey >/dev/null || need+=(hey)  # the load test's load generator
     if ((${#need[@]})); then
         if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
             apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

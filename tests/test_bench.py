@@ -96,3 +96,40 @@ def test_bench_command_passes_its_flags_to_the_harness(monkeypatch):
     assert cmd[1].endswith("benchmarks/bench.py")
     assert cmd[cmd.index("--limit") + 1] == "500" and cmd[cmd.index("--only") + 1] == "seed,infer"
     assert cmd[cmd.index("--epochs") + 1] == "1" and cmd[cmd.index("--out") + 1] == "x.json"
+
+
+def _load_test(tmp_path, client: str) -> dict:
+    import load_test
+
+    out = tmp_path / f"load-{client}.json"
+    rc = load_test.main(["--payload", "pixels", "--requests", "40", "--concurrency", "4", "--warmup", "8",
+                         "--max-seconds", "120", "--client", client, "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert rc == 0 and result["errors"] == 0 and result["requests"] >= 40 and result["client"] == client
+    assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"] and result["throughput_rps"] > 0
+    return result
+
+
+def test_load_test_python_client_checks_answers(tmp_path):
+    result = _load_test(tmp_path, "python")
+    assert result["accuracy"] >= 0.9  # MNIST test digits through the shipped model, every answer checked
+
+
+def test_load_test_hey_client(tmp_path):
+    import shutil
+
+    import pytest
+
+    if not shutil.which("hey"):
+        pytest.skip("the hey load generator is not installed (Debian package hey)")
+    result = _load_test(tmp_path, "hey")
+    assert result["requests"] == 40 and result["accuracy"] is None  # one digit over and over: no accuracy
+
+
+def test_load_test_refuses_other_hosts():
+    import load_test
+
+    import pytest
+
+    with pytest.raises(SystemExit):
+        load_test.main(["--url", "http://example.com:8000", "--requests", "1"])
