@@ -65,12 +65,13 @@ def payloads(kind: str, count: int) -> tuple[list[dict], np.ndarray]:
     return out, y[:count]
 
 
-def start_server(model: str | None, workers: int, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: str | None, workers: int, threads: int, runtime: str = "auto"):
+    """`digitnet serve` on a free loopback port: (process, url), once /healthz answers."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "digitnet", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", str(workers)] + (["--model", model] if model else [])
+           "--workers", str(workers), "--runtime", runtime] + (["--model", model] if model else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None  # torch threads per worker
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -155,6 +156,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-seconds", type=float, default=300, help="stop sending after this long (default 300)")
     ap.add_argument("--payload", choices=["canvas", "pixels"], default="canvas")
     ap.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
+    ap.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto",
+                    help="the server's --runtime for batched predictions (default: auto)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per worker (default: torch's own)")
     ap.add_argument("--warmup", type=int, default=200, help="requests sent first and not counted")
     ap.add_argument("--client", choices=["hey", "python"], default="hey" if shutil.which("hey") else "python",
@@ -171,7 +174,7 @@ def main(argv=None) -> int:
     proc = None
     url = args.url
     if not url:
-        proc, url = start_server(args.model, args.workers, args.threads)
+        proc, url = start_server(args.model, args.workers, args.threads, args.runtime)
     try:
         # The Python client also warms up for hey: the same server, the same digits, every answer checked.
         asyncio.run(hammer(url, requests, labels, args.warmup, args.concurrency, 60))
@@ -190,7 +193,8 @@ def main(argv=None) -> int:
     done = len(lat)
     batches = after["batches"] - before["batches"]  # one worker's counts when --workers > 1
     result = {
-        "payload": args.payload, "client": args.client, "requests": done, "concurrency": args.concurrency, "workers": args.workers,
+        "payload": args.payload, "client": args.client, "runtime": after.get("runtime"), "requests": done,
+        "concurrency": args.concurrency, "workers": args.workers,
         "seconds": round(res["seconds"], 3), "throughput_rps": round(done / res["seconds"], 1),
         "p50_ms": round(float(np.percentile(lat, 50)), 2) if done else None,
         "p90_ms": round(float(np.percentile(lat, 90)), 2) if done else None,

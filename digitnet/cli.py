@@ -176,6 +176,10 @@ def build_parser() -> Parser:
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--workers", type=int, default=1, help="worker processes, each with its own model and "
                    "batcher (default: 1)")
+    p.add_argument("--runtime", default="auto", choices=["auto", "onnx", "torch"],
+                   help="what runs batched predictions: onnx (ONNX Runtime, built in memory from the run and "
+                        "checked against PyTorch; about 3x faster at small batches), torch, or auto: onnx when "
+                        "onnxruntime is installed (default: auto)")
     return parser
 
 
@@ -393,7 +397,7 @@ def cmd_serve(args) -> int:
     if args.workers < 1 or not 0 < args.port < 65536:
         raise DigitnetError(f"--workers must be at least 1 and --port 1-65535, "
                             f"got {args.workers} and {args.port}")
-    serve(args.model, args.host, args.port, args.workers)
+    serve(args.model, args.host, args.port, args.workers, args.runtime)
     return 0
 
 

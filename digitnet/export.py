@@ -66,8 +66,15 @@ def onnx_session(model_bytes_or_path, threads: int = 0):
 
 def export_onnx(run_dir: str | Path, check_images: np.ndarray | None = None) -> dict:
     """Write run_dir/model.onnx (atomically) after checking it against PyTorch; returns the check."""
-    _require_onnx()
     run_dir = Path(run_dir)
+    payload, check = onnx_bytes(run_dir, check_images)
+    atomic_write_bytes(run_dir / ONNX_FILE, payload)
+    return {"path": str(run_dir / ONNX_FILE), "bytes": len(payload), "opset": OPSET, **check}
+
+
+def onnx_bytes(run_dir: str | Path, check_images: np.ndarray | None = None) -> tuple[bytes, dict]:
+    """The run's network as ONNX, in memory, checked against PyTorch: (model bytes, the check)."""
+    _require_onnx()
     net, meta = load_model(run_dir, "cpu")
     temperature = float(meta.get("calibration", {}).get("temperature", 1.0))
     wrapper = PixelsToProbabilities(net.float().eval(), temperature).eval()
@@ -87,8 +94,7 @@ def export_onnx(run_dir: str | Path, check_images: np.ndarray | None = None) -> 
     if check["max_abs_diff"] >= PARITY_TOLERANCE:
         raise DigitnetError(f"ONNX export of {run_dir} disagrees with PyTorch: max abs difference of "
                             f"probabilities {check['max_abs_diff']:.2e} >= {PARITY_TOLERANCE:g}; nothing written")
-    atomic_write_bytes(run_dir / ONNX_FILE, payload)
-    return {"path": str(run_dir / ONNX_FILE), "bytes": len(payload), "opset": OPSET, **check}
+    return payload, check
 
 
 def _test_digits(meta: dict, n: int = 1000) -> np.ndarray:
@@ -115,18 +121,21 @@ CHUNK = 256  # images per ONNX Runtime call in OnnxClassifier.predict
 
 
 class OnnxClassifier:
-    """model.onnx under ONNX Runtime, with the same predict(images) as read.Classifier."""
+    """model.onnx under ONNX Runtime, with the same predict(images) as read.Classifier.
 
-    def __init__(self, run_dir: str | Path, threads: int = 0):
+    `model` is the ONNX model's bytes (onnx_bytes); without it, RUN/model.onnx from `digitnet export`.
+    """
+
+    def __init__(self, run_dir: str | Path, threads: int = 0, model: bytes | None = None):
         from digitnet.model import read_meta
 
         self.run_dir = Path(run_dir)
         self.meta = read_meta(self.run_dir)
         self.class_names = self.meta["class_names"]
         path = self.run_dir / ONNX_FILE
-        if not path.exists():
+        if model is None and not path.exists():
             raise DigitnetError(f"{path}: missing; run `digitnet export {self.run_dir} --format onnx` first")
-        self.session = onnx_session(path, threads)
+        self.session = onnx_session(path if model is None else model, threads)
 
     def prepare(self, images) -> np.ndarray:
         from digitnet.read import Classifier

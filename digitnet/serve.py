@@ -42,6 +42,8 @@ MAX_BATCH = 64  # images per forward pass; the seed net runs 64 in a few millise
 BATCH_WINDOW_S = 0.001  # after the first image, wait this long for companions before running
 MODEL_ENV = "DIGITNET_SERVE_MODEL"  # how `--workers N` passes --model to each worker process
 WORKERS_ENV = "DIGITNET_SERVE_WORKERS"  # ... and N, so that the workers share the cores out
+RUNTIME_ENV = "DIGITNET_SERVE_RUNTIME"  # ... and --runtime
+RUNTIMES = ("auto", "onnx", "torch")
 
 
 class RequestError(DigitnetError):
@@ -277,13 +279,43 @@ IMAGE_BODY = {"requestBody": {"required": True, "content": {
     "image/png": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
+def batch_classifier(classifier, model_dir: str | Path | None, runtime: str, threads: int = 0):
+    """What runs the batched single-digit predictions: ONNX Runtime or the PyTorch classifier itself.
+
+    ONNX Runtime runs this network's small batches about 3x faster than PyTorch eager (batch 16:
+    0.5 ms against 1.7 ms on 2 cores). The ONNX model is built in memory from the run and checked
+    against PyTorch (onnx_bytes), so serving writes nothing. Everything else (feature maps, whole
+    numbers) keeps using PyTorch. "auto" is ONNX Runtime when it is installed, else PyTorch.
+    """
+    if runtime not in RUNTIMES:
+        raise DigitnetError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime == "torch":
+        return classifier
+    from digitnet.read import DEFAULT_MODEL
+
+    try:
+        from digitnet.export import OnnxClassifier, onnx_bytes
+
+        run_dir = Path(model_dir) if model_dir else DEFAULT_MODEL
+        return OnnxClassifier(run_dir, threads, model=onnx_bytes(run_dir)[0])
+    except DigitnetError as e:
+        if runtime == "onnx":
+            raise
+        print(f"digitnet: serving with PyTorch ({e})", flush=True)
+        return classifier
+
+
 def create_app(model_dir: str | Path | None = None, classifier=None, max_body_bytes: int = MAX_BODY_BYTES,
-               max_pixels: int = MAX_PIXELS, window_s: float = BATCH_WINDOW_S) -> FastAPI:
-    """The FastAPI app serving a run directory (default: the shipped model) or a loaded Classifier."""
+               max_pixels: int = MAX_PIXELS, window_s: float = BATCH_WINDOW_S, runtime: str = "torch",
+               threads: int = 0) -> FastAPI:
+    """The FastAPI app serving a run directory (default: the shipped model) or a loaded Classifier.
+
+    runtime (auto, onnx, torch) picks what runs the batched predictions; see batch_classifier.
+    """
     from digitnet.read import load_classifier
 
     classifier = classifier or load_classifier(model_dir)
-    batcher = Batcher(classifier, window_s=window_s)
+    batcher = Batcher(batch_classifier(classifier, model_dir, runtime, threads), window_s=window_s)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -351,8 +383,8 @@ def create_app(model_dir: str | Path | None = None, classifier=None, max_body_by
 
     @app.get("/healthz")
     async def healthz():
-        """Liveness, plus how many batches and images the batcher has run (mean batch size)."""
-        return {"status": "ok", "batches": batcher.batches, "images": batcher.images,
+        """Liveness, what runs the batches (onnx or torch), and how many batches and images it has run."""
+        return {"status": "ok", "runtime": "torch" if batcher.classifier is classifier else "onnx", "batches": batcher.batches, "images": batcher.images,
                 "mean_batch": round(batcher.images / batcher.batches, 2) if batcher.batches else 0.0}
 
     return app
@@ -370,12 +402,14 @@ def app_from_env() -> FastAPI:
 
     # N workers each running torch on every core would fight over them; give each its share.
     workers = max(1, int(os.environ.get(WORKERS_ENV) or 1))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-    return create_app(os.environ.get(MODEL_ENV) or None)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    torch.set_num_threads(threads)
+    return create_app(os.environ.get(MODEL_ENV) or None, runtime=os.environ.get(RUNTIME_ENV) or "auto",
+                      threads=threads)
 
 
 def serve(model_dir: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          log_level: str = "warning") -> None:
+          runtime: str = "auto", log_level: str = "warning") -> None:
     """Run the app under uvicorn; with workers > 1 each process loads the model and batches on its own."""
     import uvicorn
 
@@ -388,7 +422,9 @@ def serve(model_dir: str | Path | None = None, host: str = "127.0.0.1", port: in
     if workers > 1:
         os.environ[MODEL_ENV] = str(Path(model_dir).resolve()) if model_dir else ""
         os.environ[WORKERS_ENV] = str(workers)
+        os.environ[RUNTIME_ENV] = runtime
         uvicorn.run("digitnet.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
                     log_level=log_level)
     else:
-        uvicorn.run(create_app(classifier=classifier), host=host, port=port, log_level=log_level)
+        app = create_app(model_dir, classifier=classifier, runtime=runtime)
+        uvicorn.run(app, host=host, port=port, log_level=log_level)

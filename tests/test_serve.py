@@ -312,3 +312,26 @@ def test_worker_factory_reads_the_model_from_the_environment(tiny_run, monkeypat
     app = serve.app_from_env()
     with TestClient(app) as c:
         assert c.get("/api/model").json()["weights_sha256"] == app.state.classifier.meta["weights_sha256"]
+
+
+def test_onnx_runtime_serves_the_same_answers():
+    """--runtime onnx: batches run under ONNX Runtime (built in memory, nothing written) and agree."""
+    pytest.importorskip("onnxruntime")
+    from digitnet.read import DEFAULT_MODEL
+
+    before = sorted(p.name for p in DEFAULT_MODEL.iterdir())
+    x, y = load_split("mnist", "test")
+    answers = {}
+    for runtime in ("torch", "onnx"):
+        with TestClient(serve.create_app(runtime=runtime)) as client:
+            assert client.get("/healthz").json()["runtime"] == runtime
+            answers[runtime] = [client.post("/api/predict", json={"pixels": a.tolist()}).json() for a in x[:20]]
+    assert sorted(p.name for p in DEFAULT_MODEL.iterdir()) == before  # no model.onnx written
+    for t, o, label in zip(answers["torch"], answers["onnx"], y[:20]):
+        assert t["digit"] == o["digit"] and abs(t["confidence"] - o["confidence"]) < 1e-4
+    assert sum(o["digit"] == str(label) for o, label in zip(answers["onnx"], y[:20])) >= 19
+
+
+def test_unknown_runtime_is_refused():
+    with pytest.raises(DigitnetError, match="--runtime"):
+        serve.create_app(runtime="tensorrt")
