@@ -218,10 +218,12 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
     """
     angle = line_angle(ink)
     # Nearest-neighbour rotation keeps a thin line at full strength (a linear one halves it in places).
-    rot = ndimage.rotate(ink, angle, reshape=False, order=0, mode="nearest") if angle else ink
-    found = np.zeros_like(ink)
+    # The rotated frame is enlarged to hold the whole image (reshape): cropped to the input's size, it
+    # would lose the corners, and lines there would survive as dotted streaks along the edges.
+    rot = ndimage.rotate(ink, angle, reshape=True, order=0) if angle else ink
+    found = np.zeros_like(rot)
     for axis in (0, 1):  # 0: horizontal lines (runs along x), 1: vertical lines
-        length = rot.shape[1 - axis]
+        length = ink.shape[1 - axis]
         thick = ndimage.maximum_filter1d(rot, 3, axis=axis)  # tolerate a pixel of waviness
         lines = opening1d(thick, int(0.7 * length), 1 - axis)
         profile = lines.mean(axis=1 - axis)
@@ -238,8 +240,10 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
         found = np.maximum(found, ndimage.maximum_filter1d(lines, 5, axis=axis))
     if not found.any():
         return ink
-    if angle:
-        found = ndimage.rotate(found, -angle, reshape=False, order=0)
+    if angle:  # back, and the enlarged frame's centre is the input
+        back = ndimage.rotate(found, -angle, reshape=True, order=0)
+        top, left = (back.shape[0] - ink.shape[0]) // 2, (back.shape[1] - ink.shape[1]) // 2
+        found = back[top:top + ink.shape[0], left:left + ink.shape[1]]
     # A pixel up to 1.5x the line's strength is line and goes; a stronger one is ink crossing the
     # line and keeps what exceeds it.
     on_line = (found > 0.02) & (ink <= 1.5 * found)
@@ -333,6 +337,14 @@ def drop_specks_and_borders(ink: np.ndarray) -> np.ndarray:
     for edge, length, near in sides:
         along = np.bincount(edge, minlength=n + 1)[1:]
         keep[1:] &= ~((along > 0.5 * length) & near)
+    if min(h, w) >= 64:
+        # In a photo, a piece lying wholly in a thin strip along an edge is the paper's edge or the end
+        # of a ruled line that leaves the picture at a slant (too short inside it to be found as a line).
+        strip = max(2, round(0.02 * min(h, w)))
+        boxes = ndimage.find_objects(labels)
+        for i, (ys, xs) in enumerate(boxes, start=1):
+            if ys.stop <= strip or ys.start >= h - strip or xs.stop <= strip or xs.start >= w - strip:
+                keep[i] = False
     keep[0] = True  # background pixels below INK_LEVEL keep their faint anti-aliased values ...
     mask = keep[labels]
     # ... unless they only fringe a dropped component.
