@@ -364,7 +364,7 @@ def ink_to_mnist(ink: np.ndarray) -> np.ndarray:
         raise DigitnetError("no digit found in the image (it looks blank)")
     mass = ndimage.sum(ink, labels, index=np.arange(1, n + 1))
     boxes = ndimage.find_objects(labels)
-    parts = digit_parts(mass, boxes)
+    parts = digit_parts(mass, boxes, *seed_choice(mass, boxes, ink.shape))
     y0, y1, x0, x1 = bounds([boxes[i] for i in parts])
     grown = ndimage.binary_dilation(np.isin(labels, np.array(parts) + 1), iterations=2)
     crop = np.where(grown, ink, 0)[y0:y1, x0:x1]
@@ -373,19 +373,44 @@ def ink_to_mnist(ink: np.ndarray) -> np.ndarray:
     return place_in_28(thicken(crop))
 
 
-def digit_parts(mass: np.ndarray, boxes: list) -> list[int]:
-    """Which components make the digit: the heaviest, and every piece near the growing group.
+def seed_choice(mass: np.ndarray, boxes: list, shape: tuple[int, int]) -> tuple[int, np.ndarray]:
+    """Where the digit is grown from: the heaviest component, but in a photo not one at its border.
+
+    Where a hard shadow's edge meets the photo's border, the background estimate leaves a solid
+    wedge of "ink" there, often heavier than a small digit. A digit in a photo rarely touches the
+    border; when the heaviest piece does, the heaviest piece clear of the border is taken instead,
+    if it has at least a fifth of the mass (a tightly cropped digit keeps its own heaviest piece).
+    Returns that index and which pieces are at the border (none, for small images).
+    """
+    best = int(np.argmax(mass))
+    h, w = shape
+    if min(h, w) < 64:
+        return best, np.zeros(len(mass), bool)
+    border = np.array([ys.start == 0 or xs.start == 0 or ys.stop == h or xs.stop == w for ys, xs in boxes])
+    if not border[best] or border.all():
+        return best, border
+    clear = int(np.argmax(np.where(border, -1, mass)))
+    return (clear if mass[clear] >= 0.2 * mass[best] else best), border
+
+
+def digit_parts(mass: np.ndarray, boxes: list, start: int | None = None, border=None) -> list[int]:
+    """Which components make the digit: `start` (default: the heaviest), and every piece near the group.
+
+    Pieces marked in `border` (touching a photo's border) never get the far reach of heavy pieces.
 
     Growing from the heaviest component keeps a broken stroke or a 5's detached bar (they lie close),
     while leftover line pieces, dust or a shadow's edge elsewhere in the photo stay out: they would
     otherwise stretch the crop and shrink the digit within it.
     """
-    parts = [int(np.argmax(mass))]
+    parts = [int(np.argmax(mass)) if start is None else start]
     rest = set(range(len(mass))) - set(parts)
     # How far a piece may lie from the group, in group sizes, by its mass: pieces as heavy as the
-    # heaviest (the dots of a chalk stroke) reach far, lesser ones less; a light one must lie wholly
+    # first (the dots of a chalk stroke) reach far, lesser ones less; a light one must lie wholly
     # within a quarter of the group's size (a shadow's edge beside the digit must not join).
-    reach = np.where(mass >= 0.5 * mass.max(), 1.5, np.where(mass >= 0.15 * mass.max(), 0.6, -1.0))
+    ref = mass[parts[0]]
+    reach = np.where(mass >= 0.5 * ref, 1.5, np.where(mass >= 0.15 * ref, 0.6, -1.0))
+    if border is not None:
+        reach = np.where(border, np.minimum(reach, 0.6), reach)
     while rest:
         y0, y1, x0, x1 = bounds([boxes[i] for i in parts])
         side = max(y1 - y0, x1 - x0)
