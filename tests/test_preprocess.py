@@ -303,3 +303,24 @@ def test_pieces_in_a_thin_strip_along_a_photo_s_edge_are_dropped():
     kept = drop_specks_and_borders(ink)
     assert kept[:3, 40:].max() == 0  # the dashes are gone
     assert kept[60:140, 140:150].min() == 1.0 and kept[0:40, 20:28].min() == 1.0
+
+
+@pytest.mark.parametrize("degrees", [-7.5, -2.0, 0.0, 3.25, 9.0])
+def test_line_angle_finds_the_tilt_of_ruled_lines(degrees):
+    from scipy import ndimage
+
+    from digitnet.preprocess import line_angle
+
+    im = Image.new("L", (500, 400), 0)
+    draw = ImageDraw.Draw(im)
+    t = np.deg2rad(degrees)
+    for offset in range(-600, 600, 30):  # lines tilted by `degrees` (image y grows downwards)
+        draw.line([(250 - 700 * np.cos(t) - offset * np.sin(t), 200 - 700 * np.sin(t) + offset * np.cos(t)),
+                   (250 + 700 * np.cos(t) - offset * np.sin(t), 200 + 700 * np.sin(t) + offset * np.cos(t))],
+                  fill=200, width=2)
+    ink = np.asarray(im, np.float32) / 255
+    found = line_angle(ink)
+    straight = ndimage.rotate(ink, found, reshape=False, order=1)
+    rows = straight[100:300, 100:400].mean(axis=1)
+    assert rows.max() > 0.5  # rotating by the angle found makes the lines horizontal again
+    assert abs(abs(found) - abs(degrees)) < 0.3
