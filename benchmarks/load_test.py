@@ -6,7 +6,8 @@
 Starts `digitnet serve` on a free 127.0.0.1 port (or uses --url, which must be a loopback address),
 sends MNIST test digits from --concurrency clients at once, and stops by itself after --requests
 requests or --max-seconds, whichever comes first. Payloads: `canvas` (default) uploads each digit as a
-280x280 PNG like the web page sends; `pixels` posts the 28x28 array as JSON (no image decoding).
+140x140 PNG like the web page sends (its 280x280 canvas at half size); `pixels` posts the 28x28 array
+as JSON (no image decoding).
 Prints a table and, with --out, writes the numbers as JSON. Exit status 1 if any request failed.
 
 Two load generators: `--client python` (httpx, asyncio) sends 1,000 different digits and checks
@@ -58,9 +59,10 @@ def payloads(kind: str, count: int) -> tuple[list[dict], np.ndarray]:
     for a in x[:count]:
         if kind == "pixels":
             out.append({"json": {"pixels": a.tolist()}})
-        else:  # white ink on black, 280x280, as the page's canvas
+        else:  # white ink on black, drawn on the 280x280 canvas and sent at 140x140, as the page does
             buf = io.BytesIO()
-            Image.fromarray(a).resize((280, 280), Image.BILINEAR).save(buf, "PNG")
+            big = Image.fromarray(a).resize((280, 280), Image.BILINEAR)
+            big.resize((140, 140), Image.BOX).save(buf, "PNG")
             out.append({"files": {"file": ("canvas.png", buf.getvalue(), "image/png")}})
     return out, y[:count]
 
