@@ -105,6 +105,11 @@ def report(out: Path, results_file: Path) -> dict:
     return table
 
 
+def pct(value) -> str:
+    """A share as a percentage; '-' where there is none (a one-run group has no ensemble)."""
+    return "-" if value is None else f"{value:.2%}"
+
+
 def format_table(table: dict) -> str:
     lines = ["| group | runs | test acc. mean | min | max | 1st run + TTA | ensemble | ensemble + TTA "
              "| train time/run | params | MACs |", "| --- " * 11 + "|"]
@@ -115,8 +120,8 @@ def format_table(table: dict) -> str:
             continue
         first = e["runs"][0]
         lines.append(f"| {group} | {len(e['runs'])} | {e['mean']:.2%} | {e['min']:.2%} | {e['max']:.2%} | "
-                     f"{e['tta']:.2%} | {e.get('ensemble', float('nan')):.2%} | "
-                     f"{e.get('ensemble_tta', float('nan')):.2%} | {e['train_seconds_mean'] / 60:.1f} min | "
+                     f"{e['tta']:.2%} | {pct(e.get('ensemble'))} | "
+                     f"{pct(e.get('ensemble_tta'))} | {e['train_seconds_mean'] / 60:.1f} min | "
                      f"{first['params']:,} | {first['macs'] / 1e6:.1f} M |")
     return "\n".join(lines)
 
