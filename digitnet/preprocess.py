@@ -135,8 +135,16 @@ def dark_ink(grey: np.ndarray) -> bool:
     border = np.concatenate([s[:ring].ravel(), s[-ring:].ravel(), s[:, :ring].ravel(), s[:, -ring:].ravel()])
     lean = float(np.median(border) - np.median(s))
     q25, q75 = np.percentile(border, [25, 75])
-    if abs(lean) > 0.08 and q75 - q25 < 0.1:  # an even ring: not split by a shadow
-        return lean > 0
+    if q75 - q25 < 0.1:  # an even ring: not split by a shadow
+        if abs(lean) > 0.08:
+            return lean > 0
+        # The ink covers little of the image (a digit drawn on a canvas, a small digit on even
+        # paper): it is what departs from the ring's level, clearly more to one side than the other.
+        level, spread = float(np.median(border)), max(0.05, 3 * (q75 - q25))
+        dark = float(np.clip(level - s - spread, 0, None).sum())
+        light = float(np.clip(s - level - spread, 0, None).sum())
+        if dark > 4 * light or light > 4 * dark:
+            return dark > light
     if min(s.shape) >= 48:  # paper level from a median over 40% of the side, taken on a 48-pixel copy
         coarse = small_copy(s, 48)
         level = ndimage.median_filter(coarse, size=max(3, int(0.4 * min(coarse.shape))), mode="reflect")
