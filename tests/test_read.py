@@ -417,3 +417,16 @@ def test_evaluate_coverage_table_and_plot(holdout_run, capsys):
     thresholds = [r["min_confidence"] for r in rows]
     assert thresholds == sorted(thresholds)  # answering fewer needs a higher threshold
     assert rows[-1]["accuracy"] > rows[0]["accuracy"]  # the confident 80% are right more often
+
+
+def test_a_zero_broken_down_its_length_reads_as_one_digit(classifier):
+    # A 0 drawn as two arcs with gaps at top and bottom is two narrow pieces side by side; read one
+    # by one they are "1" "1" (the answer before rejoin), read together a clear 0.
+    from PIL import ImageDraw
+
+    im = Image.new("L", (260, 140), 235)
+    draw = ImageDraw.Draw(im)
+    draw.arc([40, 20, 110, 120], 100, 260, fill=30, width=8)
+    draw.arc([40, 20, 110, 120], 280, 80, fill=30, width=8)
+    draw.line([(150, 25), (215, 27), (175, 118)], fill=30, width=8, joint="curve")  # a 7
+    assert read_number(im, classifier)["text"] == "07"
