@@ -128,3 +128,14 @@ def test_flip_mirrors_about_half():
     mirrored = out[:, 0, 12, 22:26].sum(dim=1) == 4  # ... now at the right
     assert 60 < int(mirrored.sum()) < 140
     assert torch.equal(out[~mirrored], x[~mirrored])
+
+
+def test_shift_moves_whole_pixels_without_blurring():
+    x = torch.zeros(64, 1, 28, 28)
+    x[:, 0, 10:14, 12:15] = 1.0
+    y = augment_batch(x, "shift", torch.Generator().manual_seed(0))
+    assert torch.equal(y.sum(dim=(1, 2, 3)), x.sum(dim=(1, 2, 3)))  # nothing lost or smeared
+    assert set(y.unique().tolist()) == {0.0, 1.0}  # exact copies: no interpolated values
+    rows = torch.stack([torch.nonzero(img[0])[:, 0].min() for img in y]) - 10
+    cols = torch.stack([torch.nonzero(img[0])[:, 1].min() for img in y]) - 12
+    assert rows.abs().max() <= 2 and cols.abs().max() <= 2 and len(set(zip(rows.tolist(), cols.tolist()))) > 10
