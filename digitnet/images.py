@@ -1,6 +1,7 @@
 """Opening image files safely: every bad input becomes a DigitnetError with a clear message.
 
     load_image(path or bytes) -> PIL.Image   EXIF rotation applied; sizes checked before decoding
+    small_copy(array, side) -> array         an area-averaged copy no longer than `side`
 
 Not an image, empty, truncated, zero-size, animated or multi-frame, and decompression bombs (checked
 from the header, so a 20000x20000 PNG of a few KB costs nothing) are all refused.
@@ -11,6 +12,7 @@ import io
 import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from digitnet.errors import DigitnetError
@@ -92,3 +94,13 @@ def check_header(im: Image.Image, name: str, max_pixels: int = MAX_PIXELS) -> No
     if getattr(im, "n_frames", 1) > 1:
         raise DigitnetError(f"{name}: an animated or multi-frame image ({im.n_frames} frames); "
                             f"save one frame as PNG or JPEG")
+
+
+def small_copy(a: np.ndarray, side: int) -> np.ndarray:
+    """Area-averaged copy with longest side `side` (the array itself if already smaller)."""
+    h, w = a.shape
+    if max(h, w) <= side:
+        return a
+    s = side / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return np.asarray(Image.fromarray(a.astype(np.float32), "F").resize(size, Image.BOX), dtype=np.float32)

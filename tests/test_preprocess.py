@@ -309,7 +309,7 @@ def test_pieces_in_a_thin_strip_along_a_photo_s_edge_are_dropped():
 def test_line_angle_finds_the_tilt_of_ruled_lines(degrees):
     from scipy import ndimage
 
-    from digitnet.preprocess import line_angle
+    from digitnet.lines import line_angle
 
     im = Image.new("L", (500, 400), 0)
     draw = ImageDraw.Draw(im)

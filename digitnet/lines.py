@@ -1,0 +1,103 @@
+"""Ruled and squared notebook lines: finding their angle and taking them out of an ink map.
+
+    remove_lines(ink) -> ink     the ink map (white ink on black) without straight lines across it
+    line_angle(ink) -> degrees   the rotation that makes the page's lines horizontal
+
+preprocess.ink_map calls remove_lines after the paper and its light are divided out.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from digitnet.images import small_copy
+
+
+def remove_lines(ink: np.ndarray) -> np.ndarray:
+    """Subtract ruled or squared notebook lines: thin straight ink running across most of the image.
+
+    The page may be rotated, so the lines' angle is found first (the one giving the sharpest row
+    profile). A long 1-D opening then keeps only straight runs across 70% of the image, which no
+    digit stroke is; that needs two or more parallel lines, while a lone line (a margin) must run
+    across 90%, so that a long straight stroke of a tightly cropped 1 or 7 survives.
+    """
+    angle = line_angle(ink)
+    # Nearest-neighbour rotation keeps a thin line at full strength (a linear one halves it in places).
+    # The rotated frame is enlarged to hold the whole image (reshape): cropped to the input's size, it
+    # would lose the corners, and lines there would survive as dotted streaks along the edges.
+    rot = ndimage.rotate(ink, angle, reshape=True, order=0) if angle else ink
+    found = np.zeros_like(rot)
+    for axis in (0, 1):  # 0: horizontal lines (runs along x), 1: vertical lines
+        length = ink.shape[1 - axis]
+        thick = ndimage.maximum_filter1d(rot, 3, axis=axis)  # tolerate a pixel of waviness
+        lines = opening1d(thick, int(0.7 * length), 1 - axis)
+        profile = lines.mean(axis=1 - axis)
+        top = float(profile.max())
+        if top < 0.02:
+            continue
+        peaks = ndimage.label(profile > 0.4 * top)[1]
+        if peaks < 2:
+            lines = opening1d(thick, int(0.9 * length), 1 - axis)
+            if lines.mean(axis=1 - axis).max() < 0.5 * top:
+                continue
+        # Widen to the line's full width (the opening keeps only its straightest core), and take
+        # both sets from the same map, so crossings stay intact for the second set.
+        found = np.maximum(found, ndimage.maximum_filter1d(lines, 5, axis=axis))
+    if not found.any():
+        return ink
+    if angle:  # back, and the enlarged frame's centre is the input
+        back = ndimage.rotate(found, -angle, reshape=True, order=0)
+        top, left = (back.shape[0] - ink.shape[0]) // 2, (back.shape[1] - ink.shape[1]) // 2
+        found = back[top:top + ink.shape[0], left:left + ink.shape[1]]
+    # A pixel up to 1.5x the line's strength is line and goes; a stronger one is ink crossing the
+    # line and keeps what exceeds it.
+    on_line = (found > 0.02) & (ink <= 1.5 * found)
+    return np.where(on_line, 0, np.clip(ink - found, 0, 1)).astype(np.float32)
+
+
+def opening1d(a: np.ndarray, run: int, axis: int) -> np.ndarray:
+    """What survives of `a` along runs of `run` pixels: grey opening with a 1-D line."""
+    return ndimage.maximum_filter1d(ndimage.minimum_filter1d(a, run, axis=axis), run, axis=axis)
+
+
+def line_angle(ink: np.ndarray) -> float:
+    """Rotation (degrees) that makes notebook lines horizontal, searched over +-10 degrees.
+
+    The angle is the one whose row and column profiles are sharpest. A profile at an angle is the
+    ink projected onto the rotated axes, splatted linearly between neighbouring bins (a Radon
+    transform): the same profile a rotated image would give, without rotating the image. Coarse
+    steps run on a small copy; the last step runs at full size, in steps fine enough that a line
+    across the whole image drifts by under a pixel (remove_lines needs it straight to the pixel).
+    """
+    small = small_copy(ink, 256)
+    angle = 0.0
+    for a, step, span in ((small, 1.0, 10.0), (small, 0.25, 0.75), (ink, None, 0.25)):
+        if step is None:
+            step = float(np.clip(np.degrees(0.7 / max(a.shape)), 0.02, 0.25))
+        sharpness = profile_sharpness(a)
+        angle = max(angle + np.arange(-span, span + step / 2, step), key=sharpness)
+    return round(float(angle), 3)
+
+
+def profile_sharpness(a: np.ndarray):
+    """angle -> how sharp the ink's row and column profiles are, the axes rotated by that angle."""
+    h, w = a.shape
+    ys, xs = np.nonzero(a > 0.02)
+    weight = a[ys, xs].astype(np.float64)
+    yc, xc = ys - (h - 1) / 2, xs - (w - 1) / 2
+    n = h + w  # offset that keeps every projected coordinate positive
+
+    def profile(coord: np.ndarray) -> np.ndarray:
+        c = coord + n
+        lo = np.floor(c)
+        frac = c - lo
+        lo = lo.astype(np.int64)
+        return np.bincount(lo, weight * (1 - frac), 2 * n + 2) + np.bincount(lo + 1, weight * frac, 2 * n + 2)
+
+    def sharpness(angle: float) -> float:
+        t = np.deg2rad(angle)
+        rows = profile(np.cos(t) * yc - np.sin(t) * xc)
+        cols = profile(np.sin(t) * yc + np.cos(t) * xc)
+        return float((np.diff(rows) ** 2).sum() + (np.diff(cols) ** 2).sum())
+
+    return sharpness
