@@ -115,10 +115,10 @@ def find_digits(ink: np.ndarray, score: Score | None = None) -> list[Piece]:
     # A cut can leave a flat end of a ruled line that ran through a digit: not a digit either.
     pieces = [p for o in options for p in o[0] if p.box[3] - p.box[1] >= FLAT * height]
     pieces = sorted(pieces, key=lambda p: (p.box[0] + p.box[2]) / 2)
-    return rejoin(pieces, ink, height, score, labels.shape) if score is not None else pieces
+    return rejoin(pieces, ink, height, score) if score is not None else pieces
 
 
-def rejoin(pieces: list[Piece], ink: np.ndarray, height: float, score: Score, shape) -> list[Piece]:
+def rejoin(pieces: list[Piece], ink: np.ndarray, height: float, score: Score) -> list[Piece]:
     """Join neighbours that the network reads far better as one digit than as two.
 
     A stroke broken down its length (a 0 as "( )", a 2 whose bend faded) leaves two narrow pieces
@@ -136,7 +136,7 @@ def rejoin(pieces: list[Piece], ink: np.ndarray, height: float, score: Score, sh
             pairs.append(i)
     if not pairs:
         return pieces
-    joined = {i: _join(shape, pieces[i], pieces[i + 1]) for i in pairs}
+    joined = {i: _join(pieces[i], pieces[i + 1]) for i in pairs}
     crops = [c for i in pairs for c in (pieces[i].crop(ink), pieces[i + 1].crop(ink), joined[i].crop(ink))]
     logs = np.log(np.clip(np.asarray(score(crops), dtype=float), 1e-6, 1.0)).reshape(-1, 3)
     gain = {i: g for i, g in zip(pairs, logs[:, 2] - logs[:, :2].mean(axis=1)) if g > JOIN_GAIN}
@@ -152,12 +152,13 @@ def rejoin(pieces: list[Piece], ink: np.ndarray, height: float, score: Score, sh
     return out
 
 
-def _join(shape, a: Piece, b: Piece) -> Piece:
+def _join(a: Piece, b: Piece) -> Piece:
     """One Piece holding both pieces' ink."""
     region = _union(a.region, b.region)
     mask = np.zeros((region[3] - region[1], region[2] - region[0]), bool)
     for p in (a, b):
-        mask[p.region[1] - region[1]:p.region[3] - region[1], p.region[0] - region[0]:p.region[2] - region[0]] |= p.mask
+        top, left = p.region[1] - region[1], p.region[0] - region[0]
+        mask[top:top + p.mask.shape[0], left:left + p.mask.shape[1]] |= p.mask
     return Piece(_union(a.box, b.box), region, mask)
 
 
