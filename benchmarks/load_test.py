@@ -202,7 +202,8 @@ def main(argv=None) -> int:
         "p90_ms": round(float(np.percentile(lat, 90)), 2) if done else None,
         "p99_ms": round(float(np.percentile(lat, 99)), 2) if done else None,
         "max_ms": round(float(lat.max()), 2) if done else None,
-        "errors": len(res["errors"]), "accuracy": round(res["correct"] / done, 4) if done and res["correct"] is not None else None,
+        "errors": len(res["errors"]),
+        "accuracy": round(res["correct"] / done, 4) if done and res["correct"] is not None else None,
         "mean_batch": round((after["images"] - before["images"]) / batches, 2) if batches else None,
         "cpus": len(os.sched_getaffinity(0)), "machine": platform.processor() or platform.machine(),
     }

@@ -384,7 +384,8 @@ def create_app(model_dir: str | Path | None = None, classifier=None, max_body_by
     @app.get("/healthz")
     async def healthz():
         """Liveness, what runs the batches (onnx or torch), and how many batches and images it has run."""
-        return {"status": "ok", "runtime": "torch" if batcher.classifier is classifier else "onnx", "batches": batcher.batches, "images": batcher.images,
+        return {"status": "ok", "runtime": "torch" if batcher.classifier is classifier else "onnx",
+                "batches": batcher.batches, "images": batcher.images,
                 "mean_batch": round(batcher.images / batcher.batches, 2) if batcher.batches else 0.0}
 
     return app
