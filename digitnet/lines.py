@@ -19,14 +19,16 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
     The page may be rotated, so the lines' angle is found first (the one giving the sharpest row
     profile). A long 1-D opening then keeps only straight runs across 70% of the image, which no
     digit stroke is; that needs two or more parallel lines, while a lone line (a margin) must run
-    across 90%, so that a long straight stroke of a tightly cropped 1 or 7 survives.
+    across 90%, so that a long straight stroke of a tightly cropped 1 or 7 survives. In a tight crop
+    the digit's own strokes can be that long (the stem of a 1, the sides of a 0), so one or two runs
+    are kept as strokes when they look like the rest of the writing (`beyond_writing`).
     """
     angle = line_angle(ink)
     # Nearest-neighbour rotation keeps a thin line at full strength (a linear one halves it in places).
     # The rotated frame is enlarged to hold the whole image (reshape): cropped to the input's size, it
     # would lose the corners, and lines there would survive as dotted streaks along the edges.
     rot = ndimage.rotate(ink, angle, reshape=True, order=0) if angle else ink
-    found = np.zeros_like(rot)
+    sets = []
     for axis in (0, 1):  # 0: horizontal lines (runs along x), 1: vertical lines
         length = ink.shape[1 - axis]
         thick = ndimage.maximum_filter1d(rot, 3, axis=axis)  # tolerate a pixel of waviness
@@ -42,15 +44,97 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
                 continue
         # Widen to the line's full width (the opening keeps only its straightest core), and take
         # both sets from the same map, so crossings stay intact for the second set.
-        found = np.maximum(found, ndimage.maximum_filter1d(lines, 5, axis=axis))
+        sets.append((axis, ndimage.maximum_filter1d(lines, 5, axis=axis)))
+    if not sets:
+        return ink
+    found = beyond_writing(rot, sets, min(ink.shape))
     if not found.any():
         return ink
     if angle:  # back, and the enlarged frame's centre is the input
         back = ndimage.rotate(found, -angle, reshape=True, order=0)
         top, left = (back.shape[0] - ink.shape[0]) // 2, (back.shape[1] - ink.shape[1]) // 2
         found = back[top:top + ink.shape[0], left:left + ink.shape[1]]
-    # A pixel up to 1.5x the line's strength is line and goes; a stronger one is ink crossing the
-    # line and keeps what exceeds it.
+    return subtract(ink, found)
+
+
+def beyond_writing(rot: np.ndarray, sets: list, side: int) -> np.ndarray:
+    """The candidate lines that are ruling, not strokes, merged into one map.
+
+    Three or more parallel runs make a ruled or squared page, and all candidates are lines. One or
+    two may be the straight strokes of a tightly cropped digit (the stem of a 1 or a 4, the sides of
+    a 0). Such a candidate is a stroke when it is as wide as the digit's other strokes (ruling is
+    printed finer than a pen writes) and ends where the rest of the writing does at one end at least
+    (a line runs on across the page). The writing is what is left once the candidates are taken out
+    (its pieces of at least a tenth of the largest, so dust and stubs of lines do not count). A
+    candidate found to be a stroke joins the writing, and the others are tested again against it.
+    With no writing left at all, the candidates are all there is, and they are lines.
+    """
+    pieces, ruled = [], False  # pieces: (its pixels, axis, its run along the lines, its band)
+    for axis, lines in sets:
+        # One line per peak of the profile across the lines, so a line broken by a gap is one line;
+        # its band takes in the widening (2 pixels each side) and the anti-aliased rim.
+        on = lines > 0.02
+        profile = lines.mean(axis=1 - axis)
+        bands, count = ndimage.label(profile > 0.4 * profile.max())
+        ruled |= count >= 3
+        for band, in ndimage.find_objects(bands):
+            band = slice(max(0, band.start - 3), band.stop + 3)
+            region = np.zeros_like(on)
+            if axis == 0:
+                region[band] = True
+            else:
+                region[:, band] = True
+            along = np.flatnonzero((on & region).any(axis=axis))
+            if along.size:
+                pieces.append((on & region, axis, slice(along[0], along[-1] + 1), region))
+    if ruled:
+        return merge(sets, pieces, list(range(len(pieces))))
+    keep = list(range(len(pieces)))
+    while keep:
+        labels, n = ndimage.label(subtract(rot, merge(sets, pieces, keep)) > 0.2, structure=np.ones((3, 3)))
+        if n == 0:
+            break
+        areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+        writing = np.isin(labels, np.flatnonzero(areas >= 0.1 * areas.max()) + 1)
+        pen = 4 * float(ndimage.distance_transform_edt(writing)[writing].mean())  # a strip w wide: mean w/4
+
+        def crosses(k: int) -> bool:
+            mask, axis, run, region = pieces[k]
+            along = np.flatnonzero(writing.any(axis=axis))  # the writing along the lines' direction
+            length = run.stop - run.start
+            # Ruled lines are printed finer than a pen writes; a digit's straight stroke is as wide
+            # as its other strokes.
+            width = float(((rot > 0.2) & region).sum()) / length
+            if width < 0.6 * pen:
+                return True
+            # Where a stroke meets the candidate at a slant, taking the candidate out cuts the stroke
+            # back by a few of its widths, so the margin grows with the candidate's width.
+            margin = max(3, 0.02 * side, 1.5 * mask.sum() / length)
+            return along[0] - run.start > margin and run.stop - 1 - along[-1] > margin
+
+        still = [k for k in keep if crosses(k)]
+        if still == keep:
+            break
+        keep = still
+    return merge(sets, pieces, keep)
+
+
+def merge(sets: list, pieces: list, chosen: list[int]) -> np.ndarray:
+    """One map of the chosen lines (a whole set at once when all of its lines are chosen)."""
+    found = np.zeros_like(sets[0][1])
+    for axis, lines in sets:
+        mine = [k for k in range(len(pieces)) if pieces[k][1] == axis]
+        if all(k in chosen for k in mine):
+            found = np.maximum(found, lines)  # the whole set, its faintest fringes included
+            continue
+        for k in set(mine) & set(chosen):
+            found = np.where(pieces[k][3], np.maximum(found, lines), found)
+    return found
+
+
+def subtract(ink: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """The ink without the lines: a pixel up to 1.5x the line's strength is line and goes; a stronger
+    one is ink crossing the line and keeps what exceeds it."""
     on_line = (found > 0.02) & (ink <= 1.5 * found)
     return np.where(on_line, 0, np.clip(ink - found, 0, 1)).astype(np.float32)
 

@@ -118,6 +118,48 @@ def test_ruled_and_squared_lines_are_removed():
         assert similar(to_mnist(im), clean) > 0.8  # 0.32 for the squared page without line removal
 
 
+def test_two_fine_lines_across_a_digit_are_still_lines():
+    # Two lines are too few to call the page ruled. They are lines because they are finer than the
+    # pen, even though the digit ends near the photo's edge, so they barely run on past it there.
+    def zero():
+        im = Image.new("L", (100, 140), 235)
+        ImageDraw.Draw(im).ellipse([40, 25, 96, 125], outline=30, width=9)
+        return im
+    im = zero()
+    for y in (50, 90):
+        ImageDraw.Draw(im).line([(0, y), (100, y)], fill=150, width=2)
+    ink = ink_map(im)
+    assert ink[45:55, :30].max() < 0.2 and ink[85:95, :30].max() < 0.2
+    assert similar(to_mnist(im), to_mnist(zero())) > 0.9
+
+
+def tight_crops():
+    """Digits cropped to their ink, with long straight strokes: a 1 with flag and base, a 0 with
+    straight sides, a 4 whose stem runs the full height."""
+    def canvas(draw_fn):
+        im = Image.new("L", (64, 90), 255)
+        draw_fn(ImageDraw.Draw(im))
+        return im
+    one = canvas(lambda d: (d.line([(34, 3), (34, 86)], fill=0, width=9), d.line([(34, 5), (14, 25)], fill=0, width=9),
+                            d.line([(10, 84), (56, 84)], fill=0, width=9)))
+    zero = canvas(lambda d: d.rounded_rectangle([6, 4, 58, 86], radius=24, outline=0, width=9))
+    four = canvas(lambda d: (d.line([(44, 3), (44, 87)], fill=0, width=9), d.line([(44, 5), (6, 60)], fill=0, width=9),
+                             d.line([(6, 60), (60, 60)], fill=0, width=9)))
+    return {"1": one, "0": zero, "4": four}
+
+
+@pytest.mark.parametrize("digit", ["1", "0", "4"])
+def test_straight_strokes_of_a_tight_crop_are_not_ruled_lines(digit):
+    im = tight_crops()[digit]
+    ink = ink_map(im)
+    strokes = np.asarray(im) < 128
+    assert ink[strokes].mean() > 0.8, "a stroke of the digit was taken for a ruled line"
+    # The same digit with paper around it reads the same.
+    framed = Image.new("L", (200, 220), 255)
+    framed.paste(im, (70, 60))
+    assert similar(to_mnist(im), to_mnist(framed)) > 0.9
+
+
 def test_uneven_light_and_hard_shadow_are_not_ink():
     a = np.asarray(seven(size=(240, 260)), np.float32)
     yy, xx = np.mgrid[:260, :240]
