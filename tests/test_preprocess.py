@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from digitnet.errors import DigitnetError
 from digitnet.images import load_image
-from digitnet.preprocess import ink_map, ink_to_mnist, to_mnist
+from digitnet.preprocess import dark_ink, ink_map, ink_to_mnist, to_grey, to_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -186,6 +186,16 @@ def test_a_fat_marker_stroke_keeps_its_inside():
     ImageDraw.Draw(ideal).ellipse([30, 20, 210, 220], outline=255, width=70)
     assert similar(seen, to_mnist(ideal)) > 0.9  # the same ring as white ink on black
     assert seen[14, 14] < 0.1 and seen[14, 6] > 0.8  # hollow centre, solid stroke
+
+
+def test_fat_dark_strokes_with_a_shadow_across_the_border_are_dark_ink():
+    # A shadow splits the photo's ring, so the ring cannot decide; fat strokes fill the middle and
+    # made the local-paper test call the paper the ink.
+    im = Image.new("L", (240, 240), 225)
+    ImageDraw.Draw(im).ellipse([30, 20, 210, 220], outline=40, width=60)
+    yy, xx = np.mgrid[:240, :240]
+    shaded = np.asarray(im, np.float32) * np.where(xx + 0.4 * yy < 140, 0.45, 1.0)
+    assert dark_ink(to_grey(shaded.astype(np.uint8)))
 
 
 def test_a_thick_stroke_in_a_shadow_does_not_swallow_the_shadow():
