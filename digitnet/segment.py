@@ -204,7 +204,9 @@ def merge_broken(groups: list, height: float, areas: np.ndarray) -> list:
 def digit_counts(width: int, height: float, usual: float, scored: bool) -> list[int]:
     """How many digits a piece this wide may hold: the width rule's guess first, then the others."""
     guess = max(2, round(width / usual)) if width > SPLIT_RATIO * usual and width > 1.1 * height else 1
-    if not scored or width <= ONE_DIGIT * height:
+    # A piece narrower than a wide digit may still be two narrow ones that touch (a 7 leaning into a
+    # 9): if it is also much wider than the number's usual digit, the network judges the cuts too.
+    if not scored or (width <= ONE_DIGIT * height and width <= 1.25 * usual):
         return [guess]
     lowest = max(1, math.ceil(width / (MAX_WIDTH * height)))
     highest = max(lowest, math.floor(width / (MIN_WIDTH * height)))

@@ -340,6 +340,22 @@ def test_a_cut_that_leaves_a_short_corner_is_not_taken():
     assert len(find_digits(two, keen_on_pieces)) == 2
 
 
+def test_a_narrow_touching_pair_is_still_tried_as_two_digits():
+    """Two narrow digits that touch (a 7 leaning into a 9) can be narrower than a wide 0; when the pair
+    is much wider than the number's other digits, the cut is tried and the network judges it."""
+    from digitnet.segment import find_digits
+
+    ink = np.zeros((80, 160), np.float32)
+    for left in (10, 45, 80, 106):  # two digits alone, then two that touch (each 28 wide, 60 tall)
+        ink[10:70, left:left + 28] = 1.0
+        ink[16:64, left + 6:left + 22] = 0.0
+
+    def sure_of_single_digits(crops):
+        return [0.99 if c.shape[1] < 40 else 0.9 for c in crops]
+
+    assert len(find_digits(ink, sure_of_single_digits)) == 4
+
+
 def test_expected_calibration_error_by_hand():
     from digitnet.calibration import expected_calibration_error
 
