@@ -1,7 +1,7 @@
 """A realistic test set: photos of handwritten digits on paper, as people take them. Fixed seed.
 
     python benchmarks/make_realistic.py                      # -> benchmarks/realistic/ (gitignored)
-    python benchmarks/make_realistic.py /tmp/real --singles 500 --fonts 200 --numbers 100
+    python benchmarks/make_realistic.py /tmp/real --singles 500 --fonts 200 --numbers 100 --crops 200
 
 Real handwriting is MNIST *test* digits (never training images), drawn large as pen, pencil or chalk
 strokes; the fonts are the handwriting fonts Debian ships (fonts-dkg-handwriting, fonts-humor-sans,
@@ -10,8 +10,10 @@ lines at a slight angle, a margin line, shadows and uneven light, ballpoint blue
 weak strokes, thick and thin strokes, rotation and shear, off-centre placement, small and large digits,
 chalk on a board (light on dark), blur, sensor noise and JPEG compression.
 
+Also tight crops of single digits from scans and screens, with no paper or lines around them.
+
 Written: singles/*.png|jpg with singles.csv (file, label, source, style), numbers/* with numbers.csv
-(file, text, source, style). Every item has its own seeded generator, so any subset is reproducible.
+(file, text, source, style), crops/* with crops.csv (as singles.csv). Every item has its own seeded generator, so any subset is reproducible.
 """
 from __future__ import annotations
 
@@ -238,6 +240,36 @@ def make_number(i: int, seed: int, x_test: np.ndarray, y_test: np.ndarray, fonts
     return photo(warp(glyph, rng, rotate=5, shear=0.2), rng, style, wide=True), text, source, style
 
 
+def make_crop(i: int, seed: int, x_test: np.ndarray, y_test: np.ndarray, fonts: list[Path]):
+    """Crop i: (image, label, source, style), a digit cut out tightly from a scan or a screen.
+
+    No paper texture or ruled lines: what these test is that a digit filling its image keeps its
+    straight strokes (a 1's stem, a 4's, a 0's sides). Even i are MNIST test digits, odd i fonts.
+    """
+    rng = np.random.default_rng([seed, 3, i])
+    h = int(rng.uniform(28, 200))
+    if i % 2:
+        font = fonts[int(rng.integers(len(fonts)))]
+        label = int(rng.integers(10))
+        glyph, source = font_glyph(str(label), font, h, rng), f"font:{font.stem}"
+    else:
+        k = int(rng.integers(len(x_test)))
+        label = int(y_test[k])
+        glyph, source = mnist_glyph(x_test[k], h, rng), f"mnist-test:{k}"
+    glyph = warp(glyph, rng, rotate=4, shear=0.1)
+    # As people crop: from touching the ink to a tenth of the digit's height, each side its own.
+    top, bottom, left, right = (int(rng.uniform(0, 0.1) * h) for _ in range(4))
+    glyph = np.pad(glyph, ((top, bottom), (left, right)))
+    style = str(rng.choice(["scan", "screen", "screen-dark"], p=[0.5, 0.3, 0.2]))
+    paper, ink = (rng.uniform(0.85, 1.0), rng.uniform(0.0, 0.35)) if style != "screen-dark" else \
+        (rng.uniform(0.0, 0.2), rng.uniform(0.8, 1.0))
+    grey = paper + glyph * (ink - paper)
+    if style == "scan":
+        grey = ndimage.gaussian_filter(grey, rng.uniform(0.3, 1.0)) + rng.normal(0, rng.uniform(0, 0.03), grey.shape)
+    im = Image.fromarray((np.clip(grey, 0, 1) * 255).astype(np.uint8)).convert("RGB")
+    return im, label, source, style
+
+
 def save(im: Image.Image, path_stem: Path, rng_bit: int) -> str:
     """PNG or JPEG (the photo may already carry JPEG artefacts either way)."""
     path = path_stem.with_suffix(".jpg" if rng_bit else ".png")
@@ -251,6 +283,7 @@ def main(argv=None) -> None:
     p.add_argument("--singles", type=int, default=2000, help="photos of single MNIST test digits")
     p.add_argument("--fonts", type=int, default=1000, help="photos of single font digits")
     p.add_argument("--numbers", type=int, default=400, help="photos of numbers (half MNIST, half fonts)")
+    p.add_argument("--crops", type=int, default=400, help="tight crops from scans and screens (half fonts)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -277,7 +310,15 @@ def main(argv=None) -> None:
         rows.append([name, text, source.split(":")[0], style])
     with open(out / "numbers.csv", "w", newline="") as f:
         csv.writer(f).writerows([["file", "text", "source", "style"], *rows])
-    print(f"wrote {args.singles + args.fonts} singles and {args.numbers} numbers to {out}")
+    rows = []
+    (out / "crops").mkdir(parents=True, exist_ok=True)
+    for i in range(args.crops):
+        im, label, source, style = make_crop(i, args.seed, x_test, y_test, fonts)
+        name = save(im, out / "crops" / f"{i:05d}", i % 3 == 0)
+        rows.append([name, label, source.split(":")[0], style])
+    with open(out / "crops.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["file", "label", "source", "style"], *rows])
+    print(f"wrote {args.singles + args.fonts} singles, {args.numbers} numbers and {args.crops} crops to {out}")
 
 
 if __name__ == "__main__":

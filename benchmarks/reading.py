@@ -10,7 +10,7 @@ Three ways to turn an image into the network's 28x28 input, on the same model:
   digitnet digitnet.preprocess.to_mnist: background and lines removed, polarity decided, then as MNIST
 
 Sets: photos of MNIST *test* digits (real handwriting), photos of handwriting-font digits,
-scikit-learn's load_digits (1,797 8x8 digits by other writers, upscaled; evaluation only), and
+tight crops of both from scans and screens (no target in the issue; a digit filling its image), scikit-learn's load_digits (1,797 8x8 digits by other writers, upscaled; evaluation only), and
 multi-digit numbers read with digitnet.read.read_number (exact match of the whole string). Writes
 benchmarks/results/reading.json and a gallery of digitnet's failures, benchmarks/results/reading_failures.png.
 """
@@ -173,11 +173,15 @@ def main(argv=None) -> None:
         sys.exit(f"{data}: no singles.csv; run `python benchmarks/make_realistic.py {data}` first")
     classifier = digitnet.load(args.model)
     t0 = time.perf_counter()
-    rows = list(csv.DictReader(open(data / "singles.csv")))
+    rows = [dict(r, folder="singles") for r in csv.DictReader(open(data / "singles.csv"))]
+    sets = [("mnist photos", [r for r in rows if r["source"] == "mnist-test"]),
+            ("font photos", [r for r in rows if r["source"] == "font"])]
+    if (data / "crops.csv").exists():  # written by make_realistic.py since the crops were added
+        sets.append(("tight crops", [dict(r, folder="crops") for r in csv.DictReader(open(data / "crops.csv"))]))
     results, failures = {}, []
-    for name, source in (("mnist photos", "mnist-test"), ("font photos", "font")):
-        chosen = [r for r in rows if r["source"] == source][:args.limit or None]
-        images = [load_image(data / "singles" / r["file"]) for r in chosen]
+    for name, chosen in sets:
+        chosen = chosen[:args.limit or None]
+        images = [load_image(data / r["folder"] / r["file"]) for r in chosen]
         labels = [int(r["label"]) for r in chosen]
         res = score(images, labels, classifier)
         seen, pred, correct = res.pop("_seen"), res.pop("_pred"), res.pop("_correct")
@@ -215,8 +219,11 @@ def main(argv=None) -> None:
     for name, res in results.items():
         cells = "".join(f"{100 * res[m]['accuracy']:>9.1f}%" if m in res else f"{'-':>10}" for m in METHODS)
         n = max(res[m]["n"] for m in METHODS if m in res)
-        print(f"{name:<18}{n:>6}{cells}{100 * TARGETS[name]:>8.0f}%")
-    for name in ("mnist photos", "font photos"):
+        target = f"{100 * TARGETS[name]:>8.0f}%" if name in TARGETS else f"{'-':>9}"
+        print(f"{name:<18}{n:>6}{cells}{target}")
+    for name in ("mnist photos", "font photos", "tight crops"):
+        if name not in results:
+            continue
         print(f"{name} by style (digitnet): " + ", ".join(f"{s} {100 * a:.1f}%" for s, a in results[name]["digitnet"]["by_style"].items()))
     seconds = time.perf_counter() - t0
     print(f"{seconds:.0f} s; failures gallery: {args.gallery}")
