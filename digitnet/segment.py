@@ -97,6 +97,7 @@ def find_digits(ink: np.ndarray, score: Score | None = None) -> list[Piece]:
     usual = min(float(np.median(widths)) if widths else WIDTH_CAP * height, WIDTH_CAP * height)
     # Each group's candidate cuts (one per plausible digit count, the width rule's guess first).
     options = [split_options(labels, labs, box, usual, height, score is not None) for labs, box in groups]
+    typical = float(np.median([box[3] - box[1] for _, box in groups])) if groups else height
     if score is not None and any(len(o) > 1 for o in options):
         # One call scores every candidate piece of every group: far cheaper than one call each.
         crops = [p.crop(ink) for o in options if len(o) > 1 for cut in o for p in cut]
@@ -107,8 +108,11 @@ def find_digits(ink: np.ndarray, score: Score | None = None) -> list[Piece]:
                 values = [np.mean([next(confidence) for _ in cut]) if cut else -math.inf for cut in o]
                 # ... but a corner cut off a wide digit (the bar of a 7, the tail of a 2) can look like
                 # a digit to the network; digits written side by side are about equally tall.
-                group_height = groups[k][1][3] - groups[k][1][1]
-                tall = [bool(cut) and all(p.box[3] - p.box[1] >= TALL * group_height for p in cut) for cut in o]
+                # Against the number's usual height when the group is shorter: a 7 written small and
+                # wide would otherwise be cut into two short pieces that each pass for a digit.
+                group_height = max(groups[k][1][3] - groups[k][1][1], typical)
+                tall = [len(cut) == 1 or bool(cut) and all(p.box[3] - p.box[1] >= TALL * group_height for p in cut)
+                        for cut in o]
                 if any(tall):
                     values = [v if t else -math.inf for v, t in zip(values, tall)]
                 options[k] = [o[int(np.argmax(values))]]

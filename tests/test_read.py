@@ -340,6 +340,22 @@ def test_a_cut_that_leaves_a_short_corner_is_not_taken():
     assert len(find_digits(two, keen_on_pieces)) == 2
 
 
+def test_a_short_wide_digit_is_not_cut_into_two_short_ones():
+    from digitnet.segment import find_digits
+
+    ink = np.zeros((80, 200), np.float32)
+    for left in (10, 45):  # two digits of the number's usual height (60)
+        ink[10:70, left:left + 28] = 1.0
+        ink[16:64, left + 6:left + 22] = 0.0
+    ink[30:62, 90:150] = 1.0  # a digit written half as tall and wide: each half would pass for a digit
+    ink[36:56, 96:144] = 0.0
+
+    def keen_on_pieces(crops):
+        return [0.99 if c.shape[1] < 40 else 0.5 for c in crops]
+
+    assert len(find_digits(ink, keen_on_pieces)) == 3
+
+
 def test_a_narrow_touching_pair_is_still_tried_as_two_digits():
     """Two narrow digits that touch (a 7 leaning into a 9) can be narrower than a wide 0; when the pair
     is much wider than the number's other digits, the cut is tried and the network judges it."""
