@@ -210,9 +210,9 @@ def normalise(ink: np.ndarray) -> np.ndarray:
         ink = ndimage.gaussian_filter(ink, 0.7)
         base = float(np.median(ink))
         sigma = 1.4826 * float(np.median(np.abs(ink - base)))
-    else:
-        # Small, often tightly cropped images: ink may cover half of them, so the paper level and
-        # its noise come from the darker pixels only.
+    if min(ink.shape) < 64 or base > 0.25:
+        # Small, often tightly cropped images, and fat strokes filling a crop: ink may cover half of
+        # them or more, so the paper level and its noise come from the darker pixels only.
         base = float(np.percentile(ink, 30))
         below = ink[ink <= base]
         sigma = 1.4826 * float(np.median(base - below)) if below.size else 0.0

@@ -198,6 +198,16 @@ def test_fat_dark_strokes_with_a_shadow_across_the_border_are_dark_ink():
     assert dark_ink(to_grey(shaded.astype(np.uint8)))
 
 
+def test_a_tight_crop_mostly_covered_by_ink_is_read():
+    # A fat white ring cropped close to its edge covers more than half of the image: the median is ink, and the
+    # paper level must come from the darker pixels (it used to come out blank).
+    im = Image.new("L", (70, 80), 10)
+    ImageDraw.Draw(im).ellipse([3, 3, 66, 76], outline=245, width=22)
+    framed = Image.new("L", (200, 220), 10)
+    framed.paste(im, (60, 70))
+    assert similar(to_mnist(im), to_mnist(framed)) > 0.85
+
+
 def test_a_thick_stroke_in_a_shadow_does_not_swallow_the_shadow():
     a = np.asarray(seven(size=(240, 260), width=40), np.float32)
     yy, xx = np.mgrid[:260, :240]
