@@ -28,6 +28,7 @@ DOT = 0.55            # a piece shorter than this fraction of the digit height..
 DOT_INK = 0.4         # ... with less than this fraction of its neighbour's ink...
 DOT_GAP = 0.25        # ... this close to a neighbour (same fraction) joins it, if the two fit one digit
 SPLIT_RATIO = 1.6     # wider than this times the usual digit width: touching digits, to be cut apart
+PAIR_RATIO = 1.25     # wider than this times the usual width: maybe two narrow digits touching (scored)
 WIDTH_CAP = 0.75      # the usual digit width is at most this fraction of the height
 # MNIST digits are 0.35-1.1 times as wide as tall (5th-95th percentile; 1.4 at the 99th), so a
 # piece narrower than 0.9 heights holds one digit and each digit in a cut is 0.3-1.5 heights wide.
@@ -210,7 +211,7 @@ def digit_counts(width: int, height: float, usual: float, scored: bool) -> list[
     guess = max(2, round(width / usual)) if width > SPLIT_RATIO * usual and width > 1.1 * height else 1
     # A piece narrower than a wide digit may still be two narrow ones that touch (a 7 leaning into a
     # 9): if it is also much wider than the number's usual digit, the network judges the cuts too.
-    if not scored or (width <= ONE_DIGIT * height and width <= 1.25 * usual):
+    if not scored or (width <= ONE_DIGIT * height and width <= PAIR_RATIO * usual):
         return [guess]
     lowest = max(1, math.ceil(width / (MAX_WIDTH * height)))
     highest = max(lowest, math.floor(width / (MIN_WIDTH * height)))
