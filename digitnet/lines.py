@@ -60,9 +60,9 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
 def beyond_writing(rot: np.ndarray, sets: list, side: int) -> np.ndarray:
     """The candidate lines that are ruling, not strokes, merged into one map.
 
-    Three or more parallel runs make a ruled or squared page, and all candidates are lines. One or
-    two may be the straight strokes of a tightly cropped digit (the stem of a 1 or a 4, the sides of
-    a 0). Such a candidate is a stroke when it is as wide as the digit's other strokes (ruling is
+    Three or more parallel runs across the image make a ruled or squared page (three upright ones
+    only beside horizontal ones), and all candidates are lines. Otherwise they may be the straight
+    strokes of a tightly cropped digit or number (the stem of a 1 or a 4, the sides of a 0). Such a candidate is a stroke when it is as wide as the digit's other strokes (ruling is
     printed finer than a pen writes) and ends where the rest of the writing does at one end at least
     (a line runs on across the page). The writing is what is left once the candidates are taken out
     (its pieces of at least a tenth of the largest, so dust and stubs of lines do not count). A
@@ -76,7 +76,9 @@ def beyond_writing(rot: np.ndarray, sets: list, side: int) -> np.ndarray:
         on = lines > 0.02
         profile = lines.mean(axis=1 - axis)
         bands, count = ndimage.label(profile > 0.4 * profile.max())
-        ruled |= count >= 3
+        # Vertical lines alone are not a page (squared paper has both sets; a ruled page turned on its
+        # side has its digits turned too): three upright runs there are the stems of a number's digits.
+        ruled |= count >= 3 and (axis == 0 or any(a == 0 for a, _ in sets))
         for band, in ndimage.find_objects(bands):
             band = slice(max(0, band.start - 3), band.stop + 3)
             region = np.zeros_like(on)

@@ -198,6 +198,20 @@ def test_fat_dark_strokes_with_a_shadow_across_the_border_are_dark_ink():
     assert dark_ink(to_grey(shaded.astype(np.uint8)))
 
 
+def test_the_stems_of_a_tightly_cropped_number_are_not_ruled_lines():
+    # "1 4 1" cropped to the ink: three upright strokes across the image, but no horizontal lines, so
+    # no page; they stay strokes.
+    im = Image.new("L", (190, 90), 250)
+    draw = ImageDraw.Draw(im)
+    for x in (20, 110, 170):
+        draw.line([(x, 3), (x, 86)], fill=20, width=9)  # the 1s' stems and the 4's
+    draw.line([(20, 5), (6, 18)], fill=20, width=9)
+    draw.line([(170, 5), (156, 18)], fill=20, width=9)
+    draw.line([(110, 5), (60, 60), (130, 60)], fill=20, width=9)
+    ink = ink_map(im)
+    assert ink[np.asarray(im) < 128].mean() > 0.8
+
+
 def test_a_tight_crop_mostly_covered_by_ink_is_read():
     # A fat white ring cropped close to its edge covers more than half of the image: the median is ink, and the
     # paper level must come from the darker pixels (it used to come out blank).
