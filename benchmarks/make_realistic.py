@@ -211,16 +211,19 @@ def make_single(i: int, seed: int, x_test: np.ndarray, y_test: np.ndarray, fonts
     """Item i: (RGB image, label, source, style). Even i draw MNIST test digits, odd i fonts if given."""
     rng = np.random.default_rng([seed, 1, i])
     style = str(rng.choice(STYLES, p=STYLE_WEIGHTS))
-    h = digit_height(rng)
+    glyph, label, source = single_glyph(digit_height(rng), rng, x_test, y_test, fonts)
+    return photo(warp(glyph, rng), rng, style), label, source, style
+
+
+def single_glyph(h: int, rng: np.random.Generator, x_test: np.ndarray, y_test: np.ndarray,
+                 fonts: list[Path] | None = None):
+    """(glyph, label, source): a random font digit if fonts are given, else a random MNIST test digit."""
     if fonts:
         font = fonts[int(rng.integers(len(fonts)))]
         label = int(rng.integers(10))
-        glyph, source = font_glyph(str(label), font, h, rng), f"font:{font.stem}"
-    else:
-        k = int(rng.integers(len(x_test)))
-        label = int(y_test[k])
-        glyph, source = mnist_glyph(x_test[k], h, rng), f"mnist-test:{k}"
-    return photo(warp(glyph, rng), rng, style), label, source, style
+        return font_glyph(str(label), font, h, rng), label, f"font:{font.stem}"
+    k = int(rng.integers(len(x_test)))
+    return mnist_glyph(x_test[k], h, rng), int(y_test[k]), f"mnist-test:{k}"
 
 
 def make_number(i: int, seed: int, x_test: np.ndarray, y_test: np.ndarray, fonts: list[Path] | None = None):
@@ -248,14 +251,7 @@ def make_crop(i: int, seed: int, x_test: np.ndarray, y_test: np.ndarray, fonts: 
     """
     rng = np.random.default_rng([seed, 3, i])
     h = int(rng.uniform(28, 200))
-    if i % 2:
-        font = fonts[int(rng.integers(len(fonts)))]
-        label = int(rng.integers(10))
-        glyph, source = font_glyph(str(label), font, h, rng), f"font:{font.stem}"
-    else:
-        k = int(rng.integers(len(x_test)))
-        label = int(y_test[k])
-        glyph, source = mnist_glyph(x_test[k], h, rng), f"mnist-test:{k}"
+    glyph, label, source = single_glyph(h, rng, x_test, y_test, fonts if i % 2 else None)
     glyph = warp(glyph, rng, rotate=4, shear=0.1)
     # As people crop: from touching the ink to a tenth of the digit's height, each side its own.
     top, bottom, left, right = (int(rng.uniform(0, 0.1) * h) for _ in range(4))
