@@ -312,10 +312,6 @@ def test_read_number_splits_touching_digits_with_the_classifier(mnist_test, sure
     assert read_number(image, classifier)["text"] == "253"
 
 
-# ---------------------------------------------------------------------------------------------
-# Calibration and coverage
-
-
 def test_a_cut_that_leaves_a_short_corner_is_not_taken():
     """A 7 whose bar runs far right is wide enough to be two digits; cutting it leaves the bar's curled
     end, a short piece. Even when the network would be surer of the pieces, digits side by side are about
@@ -370,6 +366,23 @@ def test_a_narrow_touching_pair_is_still_tried_as_two_digits():
         return [0.99 if c.shape[1] < 40 else 0.9 for c in crops]
 
     assert len(find_digits(ink, sure_of_single_digits)) == 4
+
+
+def test_a_zero_broken_down_its_length_reads_as_one_digit(classifier):
+    # A 0 drawn as two arcs with gaps at top and bottom is two narrow pieces side by side; read one
+    # by one they are "1" "1" (the answer before rejoin), read together a clear 0.
+    from PIL import ImageDraw
+
+    im = Image.new("L", (260, 140), 235)
+    draw = ImageDraw.Draw(im)
+    draw.arc([40, 20, 110, 120], 100, 260, fill=30, width=8)
+    draw.arc([40, 20, 110, 120], 280, 80, fill=30, width=8)
+    draw.line([(150, 25), (215, 27), (175, 118)], fill=30, width=8, joint="curve")  # a 7
+    assert read_number(im, classifier)["text"] == "07"
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration and coverage
 
 
 def test_expected_calibration_error_by_hand():
@@ -449,16 +462,3 @@ def test_evaluate_coverage_table_and_plot(holdout_run, capsys):
     thresholds = [r["min_confidence"] for r in rows]
     assert thresholds == sorted(thresholds)  # answering fewer needs a higher threshold
     assert rows[-1]["accuracy"] > rows[0]["accuracy"]  # the confident 80% are right more often
-
-
-def test_a_zero_broken_down_its_length_reads_as_one_digit(classifier):
-    # A 0 drawn as two arcs with gaps at top and bottom is two narrow pieces side by side; read one
-    # by one they are "1" "1" (the answer before rejoin), read together a clear 0.
-    from PIL import ImageDraw
-
-    im = Image.new("L", (260, 140), 235)
-    draw = ImageDraw.Draw(im)
-    draw.arc([40, 20, 110, 120], 100, 260, fill=30, width=8)
-    draw.arc([40, 20, 110, 120], 280, 80, fill=30, width=8)
-    draw.line([(150, 25), (215, 27), (175, 118)], fill=30, width=8, joint="curve")  # a 7
-    assert read_number(im, classifier)["text"] == "07"
