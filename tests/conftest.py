@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny trained run, built once per session on a subset of MNIST."""
+"""Shared fixtures: a tiny trained run built once per session on a subset of MNIST, the model the reading
+tests use, and the MNIST test set."""
 import pytest
 
 
@@ -10,3 +11,27 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     return digitnet.train(epochs=1, limit_train=2000, limit_test=500, out_dir=str(out), name="tiny",
                           log="quiet", seed=0)
+
+
+@pytest.fixture(scope="session")
+def model_dir(request):
+    """The shipped default model when present (what users get), else the session's tiny run."""
+    from digitnet.read import DEFAULT_MODEL
+
+    if (DEFAULT_MODEL / "model.json").exists():
+        return str(DEFAULT_MODEL)
+    return str(request.getfixturevalue("tiny_run").run_dir)
+
+
+@pytest.fixture(scope="session")
+def classifier(model_dir):
+    from digitnet.read import load_classifier
+
+    return load_classifier(model_dir)
+
+
+@pytest.fixture(scope="session")
+def mnist_test():
+    from digitnet.data import load_split
+
+    return load_split("mnist", "test")
