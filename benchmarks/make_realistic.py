@@ -13,7 +13,8 @@ chalk on a board (light on dark), blur, sensor noise and JPEG compression.
 Also tight crops of single digits from scans and screens, with no paper or lines around them.
 
 Written: singles/*.png|jpg with singles.csv (file, label, source, style), numbers/* with numbers.csv
-(file, text, source, style), crops/* with crops.csv (as singles.csv). Every item has its own seeded generator, so any subset is reproducible.
+(file, text, source, style), crops/* with crops.csv (as singles.csv). Every item has its own seeded
+generator, so any subset is reproducible.
 """
 from __future__ import annotations
 
@@ -261,7 +262,8 @@ def make_crop(i: int, seed: int, x_test: np.ndarray, y_test: np.ndarray, fonts: 
         (rng.uniform(0.0, 0.2), rng.uniform(0.8, 1.0))
     grey = paper + glyph * (ink - paper)
     if style == "scan":
-        grey = ndimage.gaussian_filter(grey, rng.uniform(0.3, 1.0)) + rng.normal(0, rng.uniform(0, 0.03), grey.shape)
+        grey = ndimage.gaussian_filter(grey, rng.uniform(0.3, 1.0))
+        grey = grey + rng.normal(0, rng.uniform(0, 0.03), grey.shape)
     im = Image.fromarray((np.clip(grey, 0, 1) * 255).astype(np.uint8)).convert("RGB")
     return im, label, source, style
 

@@ -10,7 +10,8 @@ Three ways to turn an image into the network's 28x28 input, on the same model:
   digitnet digitnet.preprocess.to_mnist: background and lines removed, polarity decided, then as MNIST
 
 Sets: photos of MNIST *test* digits (real handwriting), photos of handwriting-font digits,
-tight crops of both from scans and screens (no target in the issue; a digit filling its image), scikit-learn's load_digits (1,797 8x8 digits by other writers, upscaled; evaluation only), and
+tight crops of both from scans and screens (no target in the issue; a digit filling its image),
+scikit-learn's load_digits (1,797 8x8 digits by other writers, upscaled; evaluation only), and
 multi-digit numbers read with digitnet.read.read_number (exact match of the whole string). Writes
 benchmarks/results/reading.json and a gallery of digitnet's failures, benchmarks/results/reading_failures.png.
 """
@@ -177,7 +178,8 @@ def main(argv=None) -> None:
     sets = [("mnist photos", [r for r in rows if r["source"] == "mnist-test"]),
             ("font photos", [r for r in rows if r["source"] == "font"])]
     if (data / "crops.csv").exists():  # written by make_realistic.py since the crops were added
-        sets.append(("tight crops", [dict(r, folder="crops") for r in csv.DictReader(open(data / "crops.csv"))]))
+        crops = [dict(r, folder="crops") for r in csv.DictReader(open(data / "crops.csv"))]
+        sets.append(("tight crops", crops))
     results, failures = {}, []
     for name, chosen in sets:
         chosen = chosen[:args.limit or None]

@@ -62,9 +62,10 @@ def beyond_writing(rot: np.ndarray, sets: list, side: int) -> np.ndarray:
 
     Three or more parallel runs across the image make a ruled or squared page (three upright ones
     only beside horizontal ones), and all candidates are lines. Otherwise they may be the straight
-    strokes of a tightly cropped digit or number (the stem of a 1 or a 4, the sides of a 0). Such a candidate is a stroke when it is as wide as the digit's other strokes (ruling is
-    printed finer than a pen writes) and ends where the rest of the writing does at one end at least
-    (a line runs on across the page). The writing is what is left once the candidates are taken out
+    strokes of a tightly cropped digit or number (the stem of a 1 or a 4, the sides of a 0). Such a
+    candidate is a stroke when it is as wide as the digit's other strokes (ruling is printed finer
+    than a pen writes) and ends where the rest of the writing does at one end at least (a line runs
+    on across the page). The writing is what is left once the candidates are taken out
     (its pieces of at least a tenth of the largest, so dust and stubs of lines do not count). A
     candidate found to be a stroke joins the writing, and the others are tested again against it.
     With no writing left at all, the candidates are all there is, and they are lines.

@@ -112,8 +112,8 @@ def find_digits(ink: np.ndarray, score: Score | None = None) -> list[Piece]:
                 # Against the number's usual height when the group is shorter: a 7 written small and
                 # wide would otherwise be cut into two short pieces that each pass for a digit.
                 group_height = max(groups[k][1][3] - groups[k][1][1], typical)
-                tall = [len(cut) == 1 or bool(cut) and all(p.box[3] - p.box[1] >= TALL * group_height for p in cut)
-                        for cut in o]
+                tall = [len(cut) == 1 or bool(cut) and all(p.box[3] - p.box[1] >= TALL * group_height
+                                                          for p in cut) for cut in o]
                 if any(tall):
                     values = [v if t else -math.inf for v, t in zip(values, tall)]
                 options[k] = [o[int(np.argmax(values))]]
