@@ -40,8 +40,8 @@ from digitnet.data import checksums, get_spec, load_split
 from digitnet.distributed import Dist
 from digitnet.errors import DigitnetError
 from digitnet.files import atomic_write_bytes, atomic_write_json
-from digitnet.model import (autocast, build_model, count_params, macs_per_image, predict_logits,
-                            resolve_precision, save_model)
+from digitnet.model import (autocast, build_model, count_params, macs_per_image, pool_before_relu,
+                            predict_logits, resolve_precision, save_model)
 from digitnet.preprocess import scale_pixels
 
 
@@ -276,9 +276,11 @@ def fit(cfg: TrainConfig, log: str, stream, ckpt: Checkpoint | None, dist: Dist,
         history, train_seconds, run_dir = ckpt.meta["history"], ckpt.meta["train_seconds"], ckpt.run_dir
     else:
         run_dir = Path(distributed.on_main(lambda: str(make_run_dir(cfg)), dist, device))
-    # DDP wraps the network to all-reduce gradients during backward; checkpoints and files use `model`.
+    # Training runs `net`: the same weights in pool_before_relu's faster order, wrapped by DDP to
+    # all-reduce gradients during backward; checkpoints and files use `model`.
+    net = pool_before_relu(model)
     net = torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device] if device.type == "cuda" else None) if dist.enabled else model
+        net, device_ids=[device] if device.type == "cuda" else None) if dist.enabled else net
     x_train, y_train = to_device(splits.x_train, device), to_device(splits.y_train, device)
     x_val, y_val = to_device(splits.x_val, device), to_device(splits.y_val, device)
 
