@@ -13,6 +13,7 @@ Under torchrun every process runs train(); rank 0 alone prints and writes (see d
 """
 from __future__ import annotations
 
+import ctypes
 import csv
 import io
 import json
@@ -67,6 +68,22 @@ def set_threads(threads: int) -> int:
     n = threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(n)
     return n
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc keep freed memory for reuse instead of handing it back to the OS at once.
+
+    Every step frees and re-allocates the same activation buffers. With glibc's defaults the large
+    ones come back as fresh pages that the kernel must fault in and zero: in a batch-32 seed step
+    here that cost about 15% (375k against 172k page faults over 480 steps; both settings are
+    needed, either alone made it worse). PyTorch's CPU tuning guide gets the same with jemalloc or
+    tcmalloc; this needs no extra library. Returns False where the C library is not glibc."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_trim_threshold, 1 << 30)) and bool(mallopt(m_mmap_threshold, 32 << 20))
 
 
 @dataclass
@@ -252,6 +269,7 @@ def fit(cfg: TrainConfig, log: str, stream, ckpt: Checkpoint | None, dist: Dist,
                             f"number of processes ({dist.world})")
     seed_everything(cfg.seed)
     threads = set_threads(cfg.threads or distributed.default_threads(dist))
+    keep_freed_memory()
     precision = resolve_precision(cfg.precision, device)
     splits = load_splits(cfg)
     spec = get_spec(cfg.dataset)
