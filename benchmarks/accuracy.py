@@ -13,6 +13,7 @@ Groups (each a plain `digitnet train` command line, shown in the table):
   fashion-shift-flip  the same with whole-pixel shifts as well (pad-and-crop)
   fashion-flip-24     fashion-flip trained twice as long (24 epochs)
   fashion-flip-36     ... and three times as long (36 epochs)
+  fashion-flip-erase-24  fashion-flip-24 with random erasing as well (a noise rectangle in half the images)
 
 Epochs and settings were chosen on the holdout (val_accuracy in history.json); the test set is read
 only by `report`, once per run, after training is over. Each group's runs form an ensemble (their
@@ -44,6 +45,8 @@ GROUPS = {
     "fashion-shift-flip": ["--recipe", "best", "--dataset", "fashion-mnist", "--augment", "shift+flip"],
     "fashion-flip-24": ["--recipe", "best", "--dataset", "fashion-mnist", "--augment", "flip", "--epochs", "24"],
     "fashion-flip-36": ["--recipe", "best", "--dataset", "fashion-mnist", "--augment", "flip", "--epochs", "36"],
+    "fashion-flip-erase-24": ["--recipe", "best", "--dataset", "fashion-mnist", "--augment", "flip+erase",
+                              "--epochs", "24"],
 }
 # Ensembles across groups, fixed before any test score was seen: every augmented MNIST run.
 COMMITTEES = {"committee (seed-augment + best)": ["seed-augment", "best"]}

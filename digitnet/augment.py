@@ -8,8 +8,9 @@ torch.Generator passed in, so a run with the same seed sees the same distorted i
     x = scale_pixels(uint8).unsqueeze(1)                # (B, 1, 28, 28) float32 in [0, 1]
     x = augment_batch(x, "affine+elastic", generator)   # same shape, dtype and range
 
-A mode joins parts with "+": affine, elastic, ink, shift, flip. `flip` mirrors half the images left to
-right: for Fashion-MNIST (a shoe facing either way is a shoe), never for digits. `shift` moves each
+A mode joins parts with "+": affine, elastic, ink, shift, flip, erase. `flip` mirrors half the images
+left to right: for Fashion-MNIST (a shoe facing either way is a shoe), never for digits. `erase`
+replaces a random rectangle of half the images with noise (random erasing, for Fashion-MNIST). `shift` moves each
 image by whole pixels (up to 2 each way, zeros coming in: the "pad and random crop" of the usual
 Fashion-MNIST and CIFAR recipes), without the resampling blur of `affine`, which suits clothes'
 textures better than rotating them. `ink` changes the pen rather
@@ -33,9 +34,9 @@ import torch.nn.functional as F
 
 from digitnet.errors import DigitnetError
 
-PARTS = ("affine", "elastic", "ink", "shift", "flip")
+PARTS = ("affine", "elastic", "ink", "shift", "flip", "erase")
 MODES = ("none", "affine", "elastic", "affine+elastic", "ink", "affine+ink", "affine+elastic+ink", "flip",
-         "affine+flip", "shift+flip")
+         "affine+flip", "shift+flip", "flip+erase")
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,14 @@ class AugmentSettings:
     ink: float = 1.0           # ink: strength of the pen changes (0: none)
     flip: float = 0.5          # flip: chance that an image is mirrored left to right
     shift: int = 2             # shift: whole pixels each way, at most
+    erase: float = 0.5         # erase: chance that an image has a rectangle replaced by noise
+    erase_area: tuple[float, float] = (0.02, 0.4)  # erase: the rectangle's share of the image
+    erase_aspect: float = 3.3  # erase: height/width between 1/erase_aspect and erase_aspect
 
 
 DEFAULT = AugmentSettings()
-NONE = AugmentSettings(rotation=0.0, scale=0.0, translate=0.0, shear=0.0, alpha=0.0, ink=0.0, flip=0.0, shift=0)
+NONE = AugmentSettings(rotation=0.0, scale=0.0, translate=0.0, shear=0.0, alpha=0.0, ink=0.0, flip=0.0, shift=0,
+                       erase=0.0)
 
 
 def parts(mode: str) -> set[str]:
@@ -159,6 +164,29 @@ def ink_changes(x: torch.Tensor, strength: float, generator: torch.Generator) ->
     return torch.where(peak > 0.05, x / peak.clamp_min(1e-6), x)
 
 
+def erase_rectangles(x: torch.Tensor, settings: AugmentSettings, generator: torch.Generator) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2020, "Random Erasing Data Augmentation"): in a share of the
+    images, one rectangle of random area and aspect is replaced by uniform noise, so the network
+    cannot lean on any one part of the object (a collar, a heel) being visible. Boxes are drawn as
+    tensors and applied as one mask; a box that would not fit is clipped at the image's edge."""
+    batch, _, height, width = x.shape
+    area = _uniform(batch, *settings.erase_area, generator) * (height * width)
+    log_aspect = math.log(settings.erase_aspect)
+    aspect = torch.exp(_uniform(batch, -log_aspect, log_aspect, generator))
+    box_h = (area * aspect).sqrt().round().clamp(1, height)
+    box_w = (area / aspect).sqrt().round().clamp(1, width)
+    top = (torch.rand(batch, generator=generator) * (height - box_h + 1)).floor()
+    left = (torch.rand(batch, generator=generator) * (width - box_w + 1)).floor()
+    chosen = torch.rand(batch, generator=generator) < settings.erase
+    rows = torch.arange(height).view(1, -1, 1)
+    cols = torch.arange(width).view(1, 1, -1)
+    inside = ((rows >= top.view(-1, 1, 1)) & (rows < (top + box_h).view(-1, 1, 1))
+              & (cols >= left.view(-1, 1, 1)) & (cols < (left + box_w).view(-1, 1, 1))
+              & chosen.view(-1, 1, 1))
+    noise = torch.rand(x.shape, generator=generator)
+    return torch.where(inside.unsqueeze(1).to(x.device), noise.to(x.device, x.dtype), x)
+
+
 def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator,
                   settings: AugmentSettings = DEFAULT) -> torch.Tensor:
     """Randomly distort a batch (B, 1, H, W) float in [0, 1]; returns the same shape, dtype and range."""
@@ -189,4 +217,6 @@ def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator,
         x = torch.where(mirror, x.flip(-1), x)
     if "ink" in use and settings.ink > 0:
         x = ink_changes(x, settings.ink, generator)
+    if "erase" in use and settings.erase > 0:
+        x = erase_rectangles(x, settings, generator)
     return x.clamp_(0.0, 1.0)  # bilinear weights and blends keep [0, 1] already; clamp guards rounding

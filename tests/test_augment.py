@@ -26,7 +26,7 @@ def test_shape_dtype_range_and_change(batch, mode):
     assert out.min() >= 0 and out.max() <= 1
     # Every image moves (a typical distortion changes ~10% of the mean pixel mass), ink survives.
     per_image = (out - x).abs().mean(dim=(1, 2, 3))
-    if mode in ("ink", "flip"):  # each hits a random share of images (a pen change: about 3 in 4)
+    if mode in ("ink", "flip", "flip+erase"):  # each hits a random share of images (a pen change: 3 in 4)
         assert (per_image > 0.01).float().mean() > 0.3
     else:
         assert (per_image > 0.01).all()
@@ -49,6 +49,20 @@ def test_identity_at_zero_strength(batch):
     x, _ = batch
     for mode in MODES:
         torch.testing.assert_close(augment_batch(x, mode, rng(), NONE), x, atol=1e-5, rtol=0)
+
+
+def test_erase_replaces_one_rectangle_in_half_the_images():
+    x = torch.zeros(2000, 1, 28, 28)  # black images: whatever is not black was erased
+    out = augment_batch(x, "erase", rng())
+    hit = (out != 0).flatten(1).any(1)
+    assert 0.45 < hit.float().mean() < 0.55  # AugmentSettings.erase = 0.5
+    share = (out != 0).flatten(1).float().mean(1)[hit]
+    assert share.min() > 0.01 and share.max() < 0.45 and 0.15 < share.mean() < 0.25  # area 2-40%
+    for image in out[hit][:100, 0]:
+        rows, cols = torch.nonzero(image.any(1)).flatten(), torch.nonzero(image.any(0)).flatten()
+        box = image[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        assert (box != 0).float().mean() > 0.99  # one solid rectangle of noise (0 has probability ~0)
+        assert len(rows) == rows[-1] - rows[0] + 1 and len(cols) == cols[-1] - cols[0] + 1
 
 
 def test_pure_shift_moves_pixels_exactly():
