@@ -133,3 +133,23 @@ def test_load_test_refuses_other_hosts():
 
     with pytest.raises(SystemExit):
         load_test.main(["--url", "http://example.com:8000", "--requests", "1"])
+
+
+def test_accuracy_report_of_one_group_keeps_the_others(tiny_run, tmp_path):
+    """`accuracy.py report GROUP` scores only that group's runs and keeps the other entries."""
+    import shutil
+
+    import accuracy
+
+    shutil.copytree(tiny_run.run_dir, tmp_path / "runs" / "seed-s0")
+    results = tmp_path / "accuracy.json"
+    kept = {"command": "digitnet train --recipe best", "runs": [{"run": "best-s0", "params": 1, "macs": 1}],
+            "mean": 0.5, "min": 0.5, "max": 0.5, "tta": 0.5, "train_seconds_mean": 60.0}
+    results.write_text(json.dumps({"best": kept}))
+    table = accuracy.report(tmp_path / "runs", results, only="seed")
+    assert list(table) == ["seed", "best"]  # the usual order, the old entry untouched
+    assert table["best"] == kept
+    entry = table["seed"]
+    assert [r["run"] for r in entry["runs"]] == ["seed-s0"]
+    assert 0.5 < entry["mean"] == entry["min"] == entry["runs"][0]["test_accuracy"] <= 1
+    assert json.loads(results.read_text()) == table
