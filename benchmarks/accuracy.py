@@ -8,6 +8,7 @@ Groups (each a plain `digitnet train` command line, shown in the table):
   seed           the notebook (3 epochs, batch 32, Adam 1e-3)
   seed-augment   the seed network trained with the best recipe (affine augmentation, one-cycle, holdout)
   best           `--recipe best`: the batch-norm CNN, affine augmentation, one-cycle, 5,000-image holdout
+  best-24        `--recipe best` trained twice as long (24 epochs)
   fashion-seed   the notebook on Fashion-MNIST
   fashion-best   `--recipe best` on Fashion-MNIST
   fashion-flip   `--recipe best --augment flip` on Fashion-MNIST (mirroring instead of rotation)
@@ -40,6 +41,7 @@ GROUPS = {
     "seed": [],
     "seed-augment": ["--recipe", "best", "--model", "seed"],
     "best": ["--recipe", "best"],
+    "best-24": ["--recipe", "best", "--epochs", "24"],
     "fashion-seed": ["--dataset", "fashion-mnist"],
     "fashion-best": ["--recipe", "best", "--dataset", "fashion-mnist"],
     "fashion-flip": ["--recipe", "best", "--dataset", "fashion-mnist", "--augment", "flip"],
