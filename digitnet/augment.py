@@ -10,7 +10,7 @@ torch.Generator passed in, so a run with the same seed sees the same distorted i
 
 A mode joins parts with "+": affine, elastic, ink, shift, flip, erase. `flip` mirrors half the images
 left to right: for Fashion-MNIST (a shoe facing either way is a shoe), never for digits. `erase`
-replaces a random rectangle of half the images with noise (random erasing, for Fashion-MNIST). `shift` moves each
+replaces a random rectangle of half the images with noise (random erasing). `shift` moves each
 image by whole pixels (up to 2 each way, zeros coming in: the "pad and random crop" of the usual
 Fashion-MNIST and CIFAR recipes), without the resampling blur of `affine`, which suits clothes'
 textures better than rotating them. `ink` changes the pen rather

@@ -33,7 +33,8 @@ class TrainConfig:
     schedule: str = _f("constant", "learning-rate schedule: constant or onecycle")
     warmup: float = _f(0.3, "onecycle: fraction of steps spent warming up")
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing; 0 is the notebook's loss")
-    augment: str = _f("none", "training-time distortion: none, or parts of affine+elastic+ink+shift+flip+erase joined by '+'")
+    augment: str = _f("none", "training-time distortion: none, or parts of "
+                            "affine+elastic+ink+shift+flip+erase joined by '+'")
     # Validation: the notebook validates on the test set after every epoch; val_size > 0 instead
     # holds a seeded random part of the training set out, so nothing is chosen on the test set.
     val_size: int = _f(0, "training images held out for validation (0: validate on the test set)")
