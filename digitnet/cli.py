@@ -19,7 +19,9 @@ import argparse
 import dataclasses
 import difflib
 import json
+import os
 import sys
+from pathlib import Path
 
 from digitnet.errors import DigitnetError
 
@@ -106,6 +108,8 @@ def build_parser() -> Parser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--limit", type=int, default=0, help="score only the first N test images")
     p.add_argument("--no-plots", action="store_true", help="do not write plots")
+    p.add_argument("--out", help="folder for evaluation.json and plots/ (default: the run directory; "
+                   "for the shipped default model, runs/default-evaluation)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--coverage", action="store_true", help="also accuracy vs coverage: answering only "
                    "the most confident images, and the --min-confidence that does it (plots/coverage.png)")
@@ -223,9 +227,26 @@ def cmd_evaluate(args) -> int:
         print(json.dumps(result, indent=2) if args.json else format_ensemble(result))
         return 0
     result = evaluate_run(args.run[0], args.data_dir, args.device, args.limit, plots=not args.no_plots,
-                          coverage=args.coverage)
+                          coverage=args.coverage, out_dir=evaluation_dir(Path(args.run[0]), args.out))
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
+
+
+def evaluation_dir(run_dir: Path, out: str | None) -> Path:
+    """Where evaluate writes: --out, else the run directory, but never into the installed package
+    (the shipped default model), and never silently into a folder it cannot write."""
+    from digitnet.read import DEFAULT_MODEL
+
+    if out is not None:
+        return Path(out)
+    if run_dir.resolve() == DEFAULT_MODEL.resolve():
+        target = Path("runs") / "default-evaluation"
+        print(f"digitnet: the shipped default model: evaluation.json and plots go to {target}/",
+              file=sys.stderr)
+        return target
+    if run_dir.is_dir() and not os.access(run_dir, os.W_OK):
+        raise DigitnetError(f"cannot write evaluation.json into {run_dir}; give --out DIR")
+    return run_dir
 
 
 def reading_classifier(args):

@@ -40,12 +40,15 @@ def metrics_from_logits(logits: torch.Tensor, y: np.ndarray, class_names: list[s
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto",
-                 limit: int = 0, plots: bool = True, coverage: bool = False) -> dict:
+                 limit: int = 0, plots: bool = True, coverage: bool = False,
+                 out_dir: str | Path | None = None) -> dict:
     """Reload a run, score it on its dataset's test split, write evaluation.json and the plots.
 
-    coverage: also accuracy vs coverage with the run's calibrated probabilities (plots/coverage.png).
+    They go into out_dir, by default the run directory itself. coverage: also accuracy vs coverage
+    with the run's calibrated probabilities (plots/coverage.png).
     """
     run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir
     dev = pick_device(device)
     model, meta = load_model(run_dir, dev)
     x, y = load_split(meta["dataset"]["name"], "test", data_dir)
@@ -63,10 +66,11 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
         result["coverage"] = {"temperature": temperature, "ece": expected_calibration_error(probs, y),
                               "rows": coverage_table(probs, y)}
         if plots:
-            plot_coverage(probs, y, run_dir / "plots" / "coverage.png")
-    atomic_write_json(run_dir / "evaluation.json", result)
+            plot_coverage(probs, y, out / "plots" / "coverage.png")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "evaluation.json", result)
     if plots:
-        write_plots(run_dir, x, y, logits, meta["class_names"])
+        write_plots(run_dir, x, y, logits, meta["class_names"], out)
     return result
 
 
@@ -116,8 +120,8 @@ def save_figure(fig, path: Path) -> None:
 
 
 def write_plots(run_dir: Path, x: np.ndarray, y: np.ndarray, logits: torch.Tensor,
-                class_names: list[str]) -> list[Path]:
-    plots = run_dir / "plots"
+                class_names: list[str], out_dir: Path | None = None) -> list[Path]:
+    plots = (out_dir or run_dir) / "plots"
     paths = []
     history_path = run_dir / "history.json"
     if history_path.exists():

@@ -43,6 +43,22 @@ def test_train_evaluate_cycle(tmp_path):
     assert (tmp_path / "cli" / "plots" / "confusion_matrix.png").exists()
 
 
+def test_evaluate_never_writes_into_the_package(tmp_path, monkeypatch, capsys):
+    """The shipped default model lives in the package: its evaluation goes to runs/default-evaluation
+    (or --out), never into digitnet/weights/default."""
+    from digitnet.read import DEFAULT_MODEL
+
+    before = sorted(p.name for p in DEFAULT_MODEL.iterdir())
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", str(DEFAULT_MODEL), "--limit", "200", "--no-plots"]) == 0
+    assert "runs/default-evaluation" in capsys.readouterr().err
+    assert json.loads((tmp_path / "runs/default-evaluation/evaluation.json").read_text())["accuracy"] > 0.9
+    assert main(["evaluate", str(DEFAULT_MODEL), "--limit", "200", "--out", "elsewhere"]) == 0
+    assert (tmp_path / "elsewhere" / "evaluation.json").exists()
+    assert (tmp_path / "elsewhere" / "plots" / "confusion_matrix.png").exists()
+    assert sorted(p.name for p in DEFAULT_MODEL.iterdir()) == before
+
+
 def test_keras_like_progress(tmp_path):
     result = run_cli("train", "--epochs", "1", "--limit-train", "300", "--limit-test", "100",
                      "--out-dir", str(tmp_path), "--name", "bar", "--no-plots")
