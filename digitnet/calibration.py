@@ -91,7 +91,7 @@ def calibrate_run(run_dir: str | Path, data_dir: str | None = None, device: str 
         cfg.data_dir = data_dir
     # The same seeded permutation as training: these images were never trained on.
     splits = load_splits(cfg)
-    logits = predict_logits(model, splits.x_val, 1000, dev, "fp32").cpu()
+    logits = predict_logits(model, splits.x_val, device=dev, precision="fp32").cpu()
     calibration = calibrate_logits(logits, splits.y_val.numpy(),
                                    f"holdout: {len(splits.y_val)} training images (val_size "
                                    f"{cfg.val_size}, seed {cfg.seed})")

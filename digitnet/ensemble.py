@@ -36,7 +36,7 @@ def shift_images(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 def run_probabilities(model, x: torch.Tensor, device, tta: bool = False) -> torch.Tensor:
     """(N, classes) float32 probabilities of one model for uint8 images (N, 28, 28), averaged over views."""
     shifts = TTA_SHIFTS if tta else ((0, 0),)
-    probs = [probabilities(predict_logits(model, shift_images(x, dy, dx), 1000, device, "fp32")).cpu()
+    probs = [probabilities(predict_logits(model, shift_images(x, dy, dx), device=device)).cpu()
              for dy, dx in shifts]
     return torch.stack(probs).mean(0)
 

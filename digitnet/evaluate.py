@@ -55,7 +55,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None, device: str =
     if limit:
         x, y = x[:limit], y[:limit]
     # fp32 on purpose: the reported test accuracy should not depend on the CPU's bf16 support.
-    logits = predict_logits(model, torch.from_numpy(x), 1000, dev, "fp32").cpu()
+    logits = predict_logits(model, torch.from_numpy(x), device=dev, precision="fp32").cpu()
     result = metrics_from_logits(logits, y, meta["class_names"])
     result["run_dir"] = str(run_dir)
     if coverage:

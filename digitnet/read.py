@@ -55,7 +55,7 @@ class Classifier:
         """Probabilities (N, classes) for uint8 arrays (N, 28, 28) / (28, 28) or PIL images."""
         x = np.ascontiguousarray(self.prepare(images))
         x = torch.from_numpy(x if x.flags.writeable else x.copy())  # e.g. np.asarray of a PIL image
-        logits = predict_logits(self.model, x, 1000, self.device, "fp32")
+        logits = predict_logits(self.model, x, device=self.device, precision="fp32")
         return probabilities(logits, self.temperature).cpu().numpy()
 
 
