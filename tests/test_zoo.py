@@ -79,8 +79,8 @@ def test_save_load_keeps_every_buffer(tmp_path):
         assert torch.equal(loaded.state_dict()[key], value), key
     assert int(loaded.state_dict()["1.num_batches_tracked"]) == 3
     x = torch.rand(8, 1, 28, 28)
-    with torch.no_grad():
-        assert torch.equal(model(x), loaded(x))
+    with torch.no_grad():  # loaded weights are channels_last: other CPU kernels, not bit-equal
+        torch.testing.assert_close(model(x), loaded(x), atol=1e-5, rtol=0)
 
 
 def test_shift_images():
