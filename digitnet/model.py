@@ -80,23 +80,6 @@ def build_model(name: str = "seed", num_classes: int = 10) -> nn.Sequential:
     return model
 
 
-def pool_before_relu(model: nn.Module) -> nn.Module:
-    """The same network (the same modules and weights) with each ReLU -> MaxPool2d pair run as
-    MaxPool2d -> ReLU: what training and predict_logits call.
-
-    ReLU is monotone, so the max of ReLUs is the ReLU of the max, and the gradient reaches the same
-    input either way: results are bit-for-bit the same (tests/test_model.py checks it), while the ReLU
-    and its backward touch a quarter of the values (+12-15% for the seed network's batch-32 step in
-    a micro-benchmark on 2 cores). The model keeps the notebook's order, which summary, explain and export show."""
-    if not isinstance(model, nn.Sequential):
-        return model
-    layers = list(model)
-    for i in range(len(layers) - 1):
-        if isinstance(layers[i], nn.ReLU) and isinstance(layers[i + 1], nn.MaxPool2d):
-            layers[i], layers[i + 1] = layers[i + 1], layers[i]
-    return nn.Sequential(*layers)
-
-
 def keras_init(model: nn.Module) -> None:
     """Glorot-uniform kernels and zero biases, Keras' defaults, so the net trains like the notebook."""
     for module in model.modules():
@@ -161,13 +144,12 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
     """Logits (N, classes) float32 for uint8 images (N, 28, 28), white ink on black."""
     device = device or next(model.parameters()).device
     model.eval()
-    net = pool_before_relu(model)
     out = []
     for start in range(0, len(x), batch_size):
         xb = scale_pixels(x[start:start + batch_size].to(device)).unsqueeze(1)  # (B, 1, 28, 28)
         xb = xb.contiguous(memory_format=torch.channels_last)  # as load_model's and training's weights
         with autocast(device, precision):
-            out.append(net(xb).float())
+            out.append(model(xb).float())
     return torch.cat(out) if out else torch.zeros(0, 10)
 
 

@@ -14,7 +14,6 @@ Under torchrun every process runs train(); rank 0 alone prints and writes (see d
 from __future__ import annotations
 
 import csv
-import ctypes
 import io
 import json
 import math
@@ -41,8 +40,8 @@ from digitnet.data import checksums, get_spec, load_split
 from digitnet.distributed import Dist
 from digitnet.errors import DigitnetError
 from digitnet.files import atomic_write_bytes, atomic_write_json
-from digitnet.model import (autocast, build_model, count_params, macs_per_image, pool_before_relu,
-                            predict_logits, resolve_precision, save_model)
+from digitnet.model import (autocast, build_model, count_params, macs_per_image, predict_logits,
+                            resolve_precision, save_model)
 from digitnet.preprocess import scale_pixels
 
 
@@ -68,22 +67,6 @@ def set_threads(threads: int) -> int:
     n = threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(n)
     return n
-
-
-def keep_freed_memory() -> bool:
-    """Have glibc keep freed memory for reuse instead of handing it back to the OS at once.
-
-    Every step frees and re-allocates the same activation buffers. With glibc's defaults the large
-    ones come back as fresh pages that the kernel must fault in and zero, ~750 per batch-32 seed
-    step here; kept, none (375k against 172k page faults in a 480-step micro-benchmark, which ran
-    5-50% faster in four paired runs; both settings are needed, either alone made it worse). PyTorch's CPU tuning guide gets the same with jemalloc or
-    tcmalloc; this needs no extra library. Returns False where the C library is not glibc."""
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(mallopt(m_trim_threshold, 1 << 30)) and bool(mallopt(m_mmap_threshold, 32 << 20))
 
 
 @dataclass
@@ -269,7 +252,6 @@ def fit(cfg: TrainConfig, log: str, stream, ckpt: Checkpoint | None, dist: Dist,
                             f"number of processes ({dist.world})")
     seed_everything(cfg.seed)
     threads = set_threads(cfg.threads or distributed.default_threads(dist))
-    keep_freed_memory()
     precision = resolve_precision(cfg.precision, device)
     splits = load_splits(cfg)
     spec = get_spec(cfg.dataset)
@@ -294,11 +276,9 @@ def fit(cfg: TrainConfig, log: str, stream, ckpt: Checkpoint | None, dist: Dist,
         history, train_seconds, run_dir = ckpt.meta["history"], ckpt.meta["train_seconds"], ckpt.run_dir
     else:
         run_dir = Path(distributed.on_main(lambda: str(make_run_dir(cfg)), dist, device))
-    # Training runs `net`: the same weights in pool_before_relu's faster order, wrapped by DDP to
-    # all-reduce gradients during backward; checkpoints and files use `model`.
-    net = pool_before_relu(model)
+    # DDP wraps the network to all-reduce gradients during backward; checkpoints and files use `model`.
     net = torch.nn.parallel.DistributedDataParallel(
-        net, device_ids=[device] if device.type == "cuda" else None) if dist.enabled else net
+        model, device_ids=[device] if device.type == "cuda" else None) if dist.enabled else model
     x_train, y_train = to_device(splits.x_train, device), to_device(splits.y_train, device)
     x_val, y_val = to_device(splits.x_val, device), to_device(splits.y_val, device)
 
