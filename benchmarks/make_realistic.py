@@ -10,10 +10,11 @@ lines at a slight angle, a margin line, shadows and uneven light, ballpoint blue
 weak strokes, thick and thin strokes, rotation and shear, off-centre placement, small and large digits,
 chalk on a board (light on dark), blur, sensor noise and JPEG compression.
 
-Also tight crops of single digits from scans and screens, with no paper or lines around them.
+Also tight crops of single digits from scans and screens, with no paper or lines around them, and
+photos of a sheet lying on a desk (wood, grey, black, fabric) with the desk in the picture around it.
 
 Written: singles/*.png|jpg with singles.csv (file, label, source, style), numbers/* with numbers.csv
-(file, text, source, style), crops/* with crops.csv (as singles.csv). Every item has its own seeded
+(file, text, source, style), crops/* with crops.csv and desks/* with desks.csv (as singles.csv). Every item has its own seeded
 generator, so any subset is reproducible.
 """
 from __future__ import annotations
@@ -268,6 +269,41 @@ def make_crop(i: int, seed: int, x_test: np.ndarray, y_test: np.ndarray, fonts: 
     return im, label, source, style
 
 
+DESKS = {"dark wood": (92, 62, 40), "light wood": (160, 125, 90), "grey": (70, 72, 76),
+         "black": (22, 22, 26), "blue fabric": (40, 55, 90)}
+
+
+def make_desk(i: int, seed: int, x_test: np.ndarray, y_test: np.ndarray, fonts: list[Path]):
+    """Desk photo i: (image, label, source, style), a photo of one digit on a sheet lying on a desk.
+
+    The sheet (made as a single photo, without chalk) is turned a little and lies anywhere on the
+    desk, sometimes running off the frame; the desk has grain along one direction and the whole
+    picture is blurred, noisy and compressed once more, as one photo. Even i MNIST test digits, odd i fonts.
+    """
+    rng = np.random.default_rng([seed, 4, i])
+    style = str(rng.choice(STYLES[:-1], p=np.array(STYLE_WEIGHTS[:-1]) / sum(STYLE_WEIGHTS[:-1])))
+    glyph, label, source = single_glyph(int(rng.uniform(40, 200)), rng, x_test, y_test, fonts if i % 2 else None)
+    sheet = photo(warp(glyph, rng), rng, style).convert("RGBA")
+    sheet = sheet.rotate(float(rng.uniform(-12, 12)), resample=Image.BICUBIC, expand=True)
+    desk_name = str(rng.choice(list(DESKS)))
+    scale = rng.uniform(1.25, 2.2)
+    W, H = int(sheet.width * scale * rng.uniform(0.9, 1.2)), int(sheet.height * scale)
+    across, along = rng.uniform(0.5, 2), rng.uniform(4, 30)  # grain runs across the picture or down it
+    grain = ndimage.gaussian_filter(rng.normal(0, 1, (H, W)), (across, along) if rng.random() < 0.5 else (along, across))
+    grain = grain / (grain.std() + 1e-6) * rng.uniform(3, 12)
+    desk = np.clip(np.array(DESKS[desk_name], np.float32) * rng.uniform(0.8, 1.2) + grain[..., None], 0, 255)
+    canvas = Image.fromarray(desk.astype(np.uint8), "RGB")
+    # Anywhere on the desk; one time in four partly off the frame.
+    spread = 1.3 if rng.random() < 0.25 else 1.0
+    x = int(rng.uniform(0, 1) * (W - sheet.width) * spread - (spread - 1) / 2 * (W - sheet.width))
+    y = int(rng.uniform(0, 1) * (H - sheet.height) * spread - (spread - 1) / 2 * (H - sheet.height))
+    canvas.paste(sheet, (x, y), sheet)
+    img = np.asarray(canvas, dtype=np.float32) / 255
+    img = ndimage.gaussian_filter(img, (rng.uniform(0.3, 1.2), rng.uniform(0.3, 1.2), 0))
+    img += rng.normal(0, rng.uniform(0.005, 0.02), img.shape)
+    return Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8), "RGB"), label, source, f"{style} on {desk_name}"
+
+
 def save(im: Image.Image, path_stem: Path, rng_bit: int) -> str:
     """PNG or JPEG (the photo may already carry JPEG artefacts either way)."""
     path = path_stem.with_suffix(".jpg" if rng_bit else ".png")
@@ -282,6 +318,7 @@ def main(argv=None) -> None:
     p.add_argument("--fonts", type=int, default=1000, help="photos of single font digits")
     p.add_argument("--numbers", type=int, default=400, help="photos of numbers (half MNIST, half fonts)")
     p.add_argument("--crops", type=int, default=400, help="tight crops from scans and screens (half fonts)")
+    p.add_argument("--desks", type=int, default=200, help="photos of a sheet on a desk (half fonts)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -316,7 +353,16 @@ def main(argv=None) -> None:
         rows.append([name, label, source.split(":")[0], style])
     with open(out / "crops.csv", "w", newline="") as f:
         csv.writer(f).writerows([["file", "label", "source", "style"], *rows])
-    print(f"wrote {args.singles + args.fonts} singles, {args.numbers} numbers and {args.crops} crops to {out}")
+    rows = []
+    (out / "desks").mkdir(parents=True, exist_ok=True)
+    for i in range(args.desks):
+        im, label, source, style = make_desk(i, args.seed, x_test, y_test, fonts)
+        name = save(im, out / "desks" / f"{i:05d}", i % 3 == 0)
+        rows.append([name, label, source.split(":")[0], style])
+    with open(out / "desks.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["file", "label", "source", "style"], *rows])
+    print(f"wrote {args.singles + args.fonts} singles, {args.numbers} numbers, {args.crops} crops and "
+          f"{args.desks} desk photos to {out}")
 
 
 if __name__ == "__main__":
