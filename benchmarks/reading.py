@@ -11,6 +11,7 @@ Three ways to turn an image into the network's 28x28 input, on the same model:
 
 Sets: photos of MNIST *test* digits (real handwriting), photos of handwriting-font digits,
 tight crops of both from scans and screens (no target in the issue; a digit filling its image),
+photos of a sheet lying on a desk with the desk around it (both sources; no target in the issue),
 scikit-learn's load_digits (1,797 8x8 digits by other writers, upscaled; evaluation only), and
 multi-digit numbers read with digitnet.read.read_number (exact match of the whole string). Writes
 benchmarks/results/reading.json and a gallery of digitnet's failures, benchmarks/results/reading_failures.png.
@@ -180,6 +181,8 @@ def main(argv=None) -> None:
     if (data / "crops.csv").exists():  # written by make_realistic.py since the crops were added
         crops = [dict(r, folder="crops") for r in csv.DictReader(open(data / "crops.csv"))]
         sets.append(("tight crops", crops))
+    if (data / "desks.csv").exists():  # since the sheet-on-a-desk photos were added
+        sets.append(("desk photos", [dict(r, folder="desks") for r in csv.DictReader(open(data / "desks.csv"))]))
     results, failures = {}, []
     for name, chosen in sets:
         chosen = chosen[:args.limit or None]
@@ -223,7 +226,7 @@ def main(argv=None) -> None:
         n = max(res[m]["n"] for m in METHODS if m in res)
         target = f"{100 * TARGETS[name]:>8.0f}%" if name in TARGETS else f"{'-':>9}"
         print(f"{name:<18}{n:>6}{cells}{target}")
-    for name in ("mnist photos", "font photos", "tight crops"):
+    for name in ("mnist photos", "font photos", "tight crops", "desk photos"):
         if name not in results:
             continue
         print(f"{name} by style (digitnet): " + ", ".join(f"{s} {100 * a:.1f}%" for s, a in results[name]["digitnet"]["by_style"].items()))

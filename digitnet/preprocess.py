@@ -117,12 +117,13 @@ def paper_only(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     light ink on a dark board, and the whole sheet becomes the "digit". The sheet is the largest
     light region (Otsu on a 256-pixel copy, holes such as the writing filled) if it has a sheet's
     shape (a quadrilateral, possibly cut by the photo's frame: it fills most of its smallest
-    enclosing rectangle, which a filled chalk 0 or 8 does not) and the desk is clearly darker. The
+    enclosing rectangle, which a filled chalk 0 or 8 does not, and is no long bar as a chalk 1 is),
+    the desk is clearly darker and shows no writing, and the sheet does. The
     desk, with a margin for the sheet's shaded rim, takes the paper's mean brightness near the
     closest point of the sheet. Returns (grey, None) when no such sheet is found.
     """
     s = small_copy(grey, 256)
-    if min(s.shape) < 64:  # a tight crop, not a photo of a desk
+    if min(s.shape) < 96:  # a tight crop or a small digit image, not a photo of a desk
         return grey, None
     smooth = ndimage.gaussian_filter(s, 1.0)
     light = ndimage.binary_opening(smooth > otsu_level(smooth), np.ones((3, 3)), iterations=2)
@@ -130,10 +131,13 @@ def paper_only(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     if n == 0:
         return grey, None
     sheet = ndimage.binary_fill_holes(labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:])))
-    if not 0.05 <= sheet.mean() <= 0.95:
+    # Paper is most of a sheet; a light digit with its holes filled (a fat 0) is half hole.
+    if not 0.05 <= sheet.mean() <= 0.95 or light[sheet].mean() < 0.75:
         return grey, None
     contrast = float(np.median(s[sheet]) - np.median(s[~sheet]))
-    if contrast < 0.15 or rectangularity(sheet) < 0.8:
+    # A sheet is a quadrilateral (cut by the frame at most), not long and thin as a chalk 1 is.
+    fill, aspect = rectangle_fit(sheet)
+    if contrast < 0.15 or fill < 0.8 or aspect > 2.5:
         return grey, None
     # A desk shows around the sheet (much of the photo's outer ring), and the sheet's edge is a
     # step, where uneven light or a vignette only darkens the paper gradually.
@@ -156,7 +160,7 @@ def paper_only(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     # twice as wide, for a marker's stroke.
     off = ~ndimage.binary_dilation(sheet, iterations=3)
     on_sheet, off_sheet = strokes(sheet, k), strokes(off, 2 * k)[off]
-    level = max(0.05, 0.4 * float(on_sheet[sheet].max()))
+    level = max(0.05, 0.15 * contrast, 0.4 * float(on_sheet[sheet].max()))
     if (off_sheet > level).sum() > max(4, 0.002 * off.sum()):  # a desk has next to none
         return grey, None
     # And a sheet holds writing: a stroke, not scattered specks (a fat chalk 1 on a board is a light
@@ -196,8 +200,11 @@ def otsu_level(a: np.ndarray) -> float:
     return (int(np.argmax(between[:-1])) + 0.5) / 255
 
 
-def rectangularity(mask: np.ndarray) -> float:
-    """Area of a region over that of its smallest enclosing rectangle (1: a rectangle, 0.79: an ellipse)."""
+def rectangle_fit(mask: np.ndarray) -> tuple[float, float]:
+    """(area of a region / its smallest enclosing rectangle's, that rectangle's long side / short side).
+
+    The first is 1 for a rectangle and 0.79 for an ellipse.
+    """
     from scipy.spatial import ConvexHull, QhullError
 
     ys, xs = np.nonzero(mask & ~ndimage.binary_erosion(mask))  # the outline holds the hull
@@ -207,15 +214,16 @@ def rectangularity(mask: np.ndarray) -> float:
     try:
         hull = points[ConvexHull(points).vertices]
     except QhullError:
-        return 0.0
+        return 0.0, np.inf
     edges = np.diff(np.vstack([hull, hull[:1]]), axis=0)
-    best = np.inf
+    best, sides = np.inf, (1.0, 1.0)
     # The smallest enclosing rectangle has a side along one of the hull's edges.
     for angle in np.unique(np.round(np.arctan2(edges[:, 1], edges[:, 0]) % (np.pi / 2), 6)):
         c, s_ = np.cos(angle), np.sin(angle)
-        u, v = hull @ np.array([c, s_]), hull @ np.array([-s_, c])
-        best = min(best, float(np.ptp(u) * np.ptp(v)))
-    return float(mask.sum()) / max(best, 1.0)
+        u, v = np.ptp(hull @ np.array([c, s_])), np.ptp(hull @ np.array([-s_, c]))
+        if u * v < best:
+            best, sides = float(u * v), (max(u, v), max(min(u, v), 1.0))
+    return float(mask.sum()) / max(best, 1.0), sides[0] / sides[1]
 
 
 def dark_ink(grey: np.ndarray) -> bool:
@@ -367,11 +375,38 @@ def drop_specks_and_borders(ink: np.ndarray) -> np.ndarray:
         for i, (ys, xs) in enumerate(boxes, start=1):
             if ys.stop <= strip or ys.start >= h - strip or xs.stop <= strip or xs.start >= w - strip:
                 keep[i] = False
+    keep[1:] &= ~printed_boxes(labels, areas)
     keep[0] = True  # background pixels below INK_LEVEL keep their faint anti-aliased values ...
     mask = keep[labels]
     # ... unless they only fringe a dropped component.
     dropped = ndimage.binary_dilation(~mask & (labels > 0), iterations=2)
     return np.where(mask & ~(dropped & (labels == 0)), ink, 0).astype(np.float32)
+
+
+def printed_boxes(labels: np.ndarray, areas: np.ndarray) -> np.ndarray:
+    """Which components (bool per label 1..n) are a box drawn around other ink: a form's field.
+
+    A box's ink lies in a thin band along its own bounding rectangle, on three sides or four,
+    and it holds a substantial piece of other ink (the digit). A written 0 is round, so much of its
+    ink lies inside that band's inner edge, and it holds nothing but, at most, a dot.
+    """
+    found = np.zeros(len(areas) - 1, bool)
+    for i, (ys, xs) in enumerate(ndimage.find_objects(labels), start=1):
+        h, w = ys.stop - ys.start, xs.stop - xs.start
+        if min(h, w) < 12:
+            continue
+        own = labels[ys, xs] == i
+        band = max(2, round(0.08 * min(h, w)))
+        if own[band:-band, band:-band].sum() > 0.1 * areas[i]:
+            continue
+        covered = [own[:band].any(0).mean(), own[-band:].any(0).mean(), own[:, :band].any(1).mean(),
+                   own[:, -band:].any(1).mean()]
+        if sum(c > 0.6 for c in covered) < 3:
+            continue
+        inside = np.unique(labels[ys, xs][band:-band, band:-band])
+        inside = inside[(inside != 0) & (inside != i)]
+        found[i - 1] = bool(inside.size) and areas[inside].sum() >= 0.2 * areas[i]
+    return found
 
 
 # ---------------------------------------------------------------------------------------------

@@ -475,3 +475,22 @@ def test_desk_photos_read_far_better_with_the_sheet_found(default_model, monkeyp
     monkeypatch.setattr(pp, "paper_only", lambda grey: (grey, None))
     without = accuracy()
     assert ours >= 0.5 and ours >= without + 0.3, (ours, without)
+
+
+@pytest.mark.parametrize("gap", [12, 25])
+def test_a_printed_box_around_the_digit_is_not_read(gap):
+    # A form's field: a thin rectangle drawn around the digit, close to it or with room to spare.
+    im = seven(size=(200, 220))
+    ImageDraw.Draw(im).rectangle([30 - gap, 30 - gap, 90 + gap, 118 + gap], outline=60, width=2)
+    assert similar(to_mnist(im), to_mnist(seven(size=(200, 220)))) > 0.9
+
+
+def test_a_squarish_zero_is_not_a_box():
+    # A 0 written almost square holds nothing (or only a dot): it stays the digit.
+    from digitnet.preprocess import drop_specks_and_borders
+
+    ink = np.zeros((120, 100), np.float32)
+    ink[20:100, 20:80] = 1.0
+    ink[26:94, 26:74] = 0.0  # a square ring, 6 pixels thick
+    ink[57:63, 47:53] = 1.0  # a dot in it (a dotted zero)
+    assert drop_specks_and_borders(ink)[20:100, 20:80].sum() == ink[20:100, 20:80].sum()
