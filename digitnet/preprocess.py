@@ -118,9 +118,9 @@ def paper_only(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     light region (Otsu on a 256-pixel copy, holes such as the writing filled) if it has a sheet's
     shape (a quadrilateral, possibly cut by the photo's frame: it fills most of its smallest
     enclosing rectangle, which a filled chalk 0 or 8 does not, and is no long bar as a chalk 1 is),
-    the desk is clearly darker and shows no writing, and the sheet does. The
-    desk, with a margin for the sheet's shaded rim, takes the paper's mean brightness near the
-    closest point of the sheet. Returns (grey, None) when no such sheet is found.
+    the desk is clearly darker and shows no writing, and the sheet does. The desk, with a margin
+    for the sheet's shaded rim, takes the paper's mean brightness near the closest point of the
+    sheet. Returns (grey, None) when no such sheet is found.
     """
     s = small_copy(grey, 256)
     if min(s.shape) < 96:  # a tight crop or a small digit image, not a photo of a desk
@@ -163,16 +163,16 @@ def paper_only(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     level = max(0.05, 0.15 * contrast, 0.4 * float(on_sheet[sheet].max()))
     if (off_sheet > level).sum() > max(4, 0.002 * off.sum()):  # a desk has next to none
         return grey, None
+    # Strokes wider than the square (a marker, a close-up) reaching into the dark part: much darker
+    # than the rest of it, as a desk's grain is not.
+    below = smooth[off] < float(np.median(smooth[off])) - max(0.08, 0.5 * contrast)
+    if below.mean() > 0.02:
+        return grey, None
     # And a sheet holds writing: a stroke, not scattered specks (a fat chalk 1 on a board is a light
     # rectangle too, with only dust in it).
     inner = ndimage.binary_erosion(sheet, iterations=3)  # the sheet's rim is blurred by the smoothing
     written, n = ndimage.label((on_sheet > level) & inner, structure=np.ones((3, 3)))
     if n == 0 or np.bincount(written.ravel())[1:].max() < max(20, 0.001 * sheet.sum()):
-        return grey, None
-    # Strokes wider than that square (a marker, a close-up) reaching into the dark part: much darker
-    # than the rest of it, as a desk's grain is not.
-    below = smooth[off] < float(np.median(smooth[off])) - max(0.08, 0.5 * contrast)
-    if below.mean() > 0.02:
         return grey, None
     # The paper's local mean (writing is a small part of it), copied outwards from the nearest point.
     core = ndimage.binary_erosion(sheet, iterations=2)
