@@ -14,8 +14,8 @@ Also tight crops of single digits from scans and screens, with no paper or lines
 photos of a sheet lying on a desk (wood, grey, black, fabric) with the desk in the picture around it.
 
 Written: singles/*.png|jpg with singles.csv (file, label, source, style), numbers/* with numbers.csv
-(file, text, source, style), crops/* with crops.csv and desks/* with desks.csv (as singles.csv). Every item has its own seeded
-generator, so any subset is reproducible.
+(file, text, source, style), crops/* with crops.csv and desks/* with desks.csv (as singles.csv).
+Every item has its own seeded generator, so any subset is reproducible.
 """
 from __future__ import annotations
 
@@ -289,7 +289,8 @@ def make_desk(i: int, seed: int, x_test: np.ndarray, y_test: np.ndarray, fonts: 
     scale = rng.uniform(1.25, 2.2)
     W, H = int(sheet.width * scale * rng.uniform(0.9, 1.2)), int(sheet.height * scale)
     across, along = rng.uniform(0.5, 2), rng.uniform(4, 30)  # grain runs across the picture or down it
-    grain = ndimage.gaussian_filter(rng.normal(0, 1, (H, W)), (across, along) if rng.random() < 0.5 else (along, across))
+    noise = rng.normal(0, 1, (H, W))
+    grain = ndimage.gaussian_filter(noise, (across, along) if rng.random() < 0.5 else (along, across))
     grain = grain / (grain.std() + 1e-6) * rng.uniform(3, 12)
     desk = np.clip(np.array(DESKS[desk_name], np.float32) * rng.uniform(0.8, 1.2) + grain[..., None], 0, 255)
     canvas = Image.fromarray(desk.astype(np.uint8), "RGB")
@@ -311,6 +312,17 @@ def save(im: Image.Image, path_stem: Path, rng_bit: int) -> str:
     return path.name
 
 
+def write_set(out: Path, folder: str, answer: str, items) -> None:
+    """Items (image, answer, source, style) -> out/folder/00000.png|jpg ... and out/folder.csv."""
+    (out / folder).mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (im, value, source, style) in enumerate(items):
+        name = save(im, out / folder / f"{i:05d}", i % 3 == 0)
+        rows.append([name, value, source.split(":")[0], style])
+    with open(out / f"{folder}.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["file", answer, "source", "style"], *rows])
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("out", nargs="?", default=str(Path(__file__).parent / "realistic"))
@@ -327,40 +339,12 @@ def main(argv=None) -> None:
     x_test, y_test = load_split("mnist", "test")
     fonts = handwriting_fonts()
     out = Path(args.out)
-    (out / "singles").mkdir(parents=True, exist_ok=True)
-    (out / "numbers").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(args.singles + args.fonts):
-        use_fonts = fonts if i >= args.singles else None
-        im, label, source, style = make_single(i, args.seed, x_test, y_test, use_fonts)
-        name = save(im, out / "singles" / f"{i:05d}", i % 3 == 0)
-        rows.append([name, label, source.split(":")[0], style])
-    with open(out / "singles.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["file", "label", "source", "style"], *rows])
-    rows = []
-    for i in range(args.numbers):
-        use_fonts = fonts if i % 2 else None
-        im, text, source, style = make_number(i, args.seed, x_test, y_test, use_fonts)
-        name = save(im, out / "numbers" / f"{i:05d}", i % 3 == 0)
-        rows.append([name, text, source.split(":")[0], style])
-    with open(out / "numbers.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["file", "text", "source", "style"], *rows])
-    rows = []
-    (out / "crops").mkdir(parents=True, exist_ok=True)
-    for i in range(args.crops):
-        im, label, source, style = make_crop(i, args.seed, x_test, y_test, fonts)
-        name = save(im, out / "crops" / f"{i:05d}", i % 3 == 0)
-        rows.append([name, label, source.split(":")[0], style])
-    with open(out / "crops.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["file", "label", "source", "style"], *rows])
-    rows = []
-    (out / "desks").mkdir(parents=True, exist_ok=True)
-    for i in range(args.desks):
-        im, label, source, style = make_desk(i, args.seed, x_test, y_test, fonts)
-        name = save(im, out / "desks" / f"{i:05d}", i % 3 == 0)
-        rows.append([name, label, source.split(":")[0], style])
-    with open(out / "desks.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["file", "label", "source", "style"], *rows])
+    write_set(out, "singles", "label", (make_single(i, args.seed, x_test, y_test, fonts if i >= args.singles else None)
+                                        for i in range(args.singles + args.fonts)))
+    write_set(out, "numbers", "text", (make_number(i, args.seed, x_test, y_test, fonts if i % 2 else None)
+                                       for i in range(args.numbers)))
+    write_set(out, "crops", "label", (make_crop(i, args.seed, x_test, y_test, fonts) for i in range(args.crops)))
+    write_set(out, "desks", "label", (make_desk(i, args.seed, x_test, y_test, fonts) for i in range(args.desks)))
     print(f"wrote {args.singles + args.fonts} singles, {args.numbers} numbers, {args.crops} crops and "
           f"{args.desks} desk photos to {out}")
 
