@@ -117,7 +117,7 @@ def paper_only(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     light ink on a dark board, and the whole sheet becomes the "digit". The sheet is the largest
     light region (Otsu on a 256-pixel copy, holes such as the writing filled) if it has a sheet's
     shape (a quadrilateral, possibly cut by the photo's frame: it fills most of its smallest
-    enclosing rectangle, which a filled chalk 0 or 8 does not, and is no long bar as a chalk 1 is),
+    enclosing rectangle, which a filled chalk 0 or 8 does not, and is no tall bar as a chalk 1 is),
     the desk is clearly darker and shows no writing, and the sheet does. The desk, with a margin
     for the sheet's shaded rim, takes the paper's mean brightness near the closest point of the
     sheet. Returns (grey, None) when no such sheet is found.
@@ -135,9 +135,12 @@ def paper_only(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     if not 0.05 <= sheet.mean() <= 0.95 or light[sheet].mean() < 0.75:
         return grey, None
     contrast = float(np.median(s[sheet]) - np.median(s[~sheet]))
-    # A sheet is a quadrilateral (cut by the frame at most), not long and thin as a chalk 1 is.
+    # A sheet is a quadrilateral (cut by the frame at most), not a tall thin bar as a chalk 1 is; a
+    # wide strip (a number written on a slip of paper) is a sheet.
     fill, aspect = rectangle_fit(sheet)
-    if contrast < 0.15 or fill < 0.8 or aspect > 2.5:
+    rows, cols = np.flatnonzero(sheet.any(1)), np.flatnonzero(sheet.any(0))
+    tall = rows[-1] - rows[0] > cols[-1] - cols[0]
+    if contrast < 0.15 or fill < 0.8 or aspect > (2.5 if tall else 6.0):
         return grey, None
     # A desk shows around the sheet (much of the photo's outer ring), and the sheet's edge is a
     # step, where uneven light or a vignette only darkens the paper gradually.

@@ -494,3 +494,18 @@ def test_a_squarish_zero_is_not_a_box():
     ink[26:94, 26:74] = 0.0  # a square ring, 6 pixels thick
     ink[57:63, 47:53] = 1.0  # a dot in it (a dotted zero)
     assert drop_specks_and_borders(ink)[20:100, 20:80].sum() == ink[20:100, 20:80].sum()
+
+
+def test_a_number_on_a_slip_of_paper_on_a_desk_is_read():
+    # A slip three times as wide as tall is still a sheet (only tall bars, like a chalk 1, are not).
+    import digitnet
+    from digitnet.preprocess import paper_only
+    from digitnet.read import read_number
+
+    slip = Image.new("L", (420, 130), 235)
+    draw = ImageDraw.Draw(slip)
+    for left in (40, 170, 300):
+        draw.line([(left, 25), (left + 70, 28), (left + 30, 105)], fill=30, width=9, joint="curve")
+    photo = on_desk(slip, 40, 4.0, (90, 120), size=(640, 400))
+    assert paper_only(to_grey(photo))[1] is not None
+    assert read_number(photo, digitnet.load(None))["text"] == "777"
