@@ -413,7 +413,7 @@ def on_desk(sheet: Image.Image, desk: int, angle: float, at: tuple[int, int], si
 @pytest.mark.parametrize("desk,angle,at", [(25, 8.0, (120, 90)), (90, -5.0, (40, 160)), (60, 12.0, (290, 60))])
 def test_a_sheet_on_a_darker_desk_is_read_as_paper(desk, angle, at):
     # Without the sheet found, the dark ring reads as a board and the whole sheet as the digit.
-    from digitnet.preprocess import paper_only
+    from digitnet.sheet import paper_only
 
     photo = on_desk(seven(size=(160, 180)), desk, angle, at)  # the last runs off the frame
     grey, sheet = paper_only(to_grey(photo))
@@ -425,7 +425,7 @@ def test_a_sheet_on_a_darker_desk_is_read_as_paper(desk, angle, at):
 
 def test_a_shadow_over_the_digit_is_not_taken_for_a_desk():
     # A hard shadow's edge is as straight as a sheet's, but the dark part holds writing: left alone.
-    from digitnet.preprocess import paper_only
+    from digitnet.sheet import paper_only
 
     a = np.asarray(seven(size=(240, 260)), np.float32)
     yy, xx = np.mgrid[:260, :240]
@@ -437,7 +437,7 @@ def test_a_shadow_over_the_digit_is_not_taken_for_a_desk():
 @pytest.mark.parametrize("shape", ["ellipse", "rectangle"])
 def test_fat_chalk_on_a_board_is_not_a_sheet(shape):
     # A fat chalk 0 or 1 is a light region on a darker surround too, but holds no writing.
-    from digitnet.preprocess import paper_only
+    from digitnet.sheet import paper_only
 
     im = Image.new("L", (240, 240), 45)
     draw = ImageDraw.Draw(im)
@@ -499,7 +499,7 @@ def test_a_squarish_zero_is_not_a_box():
 def test_a_number_on_a_slip_of_paper_on_a_desk_is_read():
     # A slip three times as wide as tall is still a sheet (only tall bars, like a chalk 1, are not).
     import digitnet
-    from digitnet.preprocess import paper_only
+    from digitnet.sheet import paper_only
     from digitnet.read import read_number
 
     slip = Image.new("L", (420, 130), 235)

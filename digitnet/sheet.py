@@ -1,0 +1,133 @@
+"""A sheet of paper photographed lying on a desk: finding it, and painting the desk over.
+
+    paper_only(grey) -> (grey, sheet mask or None)
+
+preprocess.ink_map calls it first, before the polarity is decided: a dark desk around a light sheet
+otherwise reads as a board with light ink on it.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from digitnet.images import small_copy
+
+
+def paper_only(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """A sheet of paper photographed on a darker desk: (grey with the desk painted over, sheet mask).
+
+    Otherwise the desk decides everything downstream: a dark ring around a light middle reads as
+    light ink on a dark board, and the whole sheet becomes the "digit". The sheet is the largest
+    light region (Otsu on a 256-pixel copy, holes such as the writing filled) if it has a sheet's
+    shape (a quadrilateral, possibly cut by the photo's frame: it fills most of its smallest
+    enclosing rectangle, which a filled chalk 0 or 8 does not, and is no tall bar as a chalk 1 is),
+    the desk is clearly darker and shows no writing, and the sheet does. The desk, with a margin
+    for the sheet's shaded rim, takes the paper's mean brightness near the closest point of the
+    sheet. Returns (grey, None) when no such sheet is found.
+    """
+    s = small_copy(grey, 256)
+    if min(s.shape) < 96:  # a tight crop or a small digit image, not a photo of a desk
+        return grey, None
+    smooth = ndimage.gaussian_filter(s, 1.0)
+    light = ndimage.binary_opening(smooth > otsu_level(smooth), np.ones((3, 3)), iterations=2)
+    labels, n = ndimage.label(light)
+    if n == 0:
+        return grey, None
+    sheet = ndimage.binary_fill_holes(labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:])))
+    # Paper is most of a sheet; a light digit with its holes filled (a fat 0) is half hole.
+    if not 0.05 <= sheet.mean() <= 0.95 or light[sheet].mean() < 0.75:
+        return grey, None
+    contrast = float(np.median(s[sheet]) - np.median(s[~sheet]))
+    # A sheet is a quadrilateral (cut by the frame at most), not a tall thin bar as a chalk 1 is; a
+    # wide strip (a number written on a slip of paper) is a sheet.
+    fill, aspect = rectangle_fit(sheet)
+    rows, cols = np.flatnonzero(sheet.any(1)), np.flatnonzero(sheet.any(0))
+    tall = rows[-1] - rows[0] > cols[-1] - cols[0]
+    if contrast < 0.15 or fill < 0.8 or aspect > (2.5 if tall else 6.0):
+        return grey, None
+    # A desk shows around the sheet (much of the photo's outer ring), and the sheet's edge is a
+    # step, where uneven light or a vignette only darkens the paper gradually.
+    ring = np.ones_like(sheet)
+    ring[2:-2, 2:-2] = False
+    edge = sheet & ~ndimage.binary_erosion(sheet) & ~ring
+    slope = np.hypot(*np.gradient(smooth))
+    if (~sheet)[ring].mean() < 0.3 or not edge.any() or float(np.median(slope[edge])) < 0.15 * contrast:
+        return grey, None
+    # A hard shadow across the page looks just like a desk; writing in the dark part tells them
+    # apart (and painting over it would erase the digit). Strokes are what lies clearly below a
+    # closing over a few percent of the side, taken within one part (the rest counting as black).
+    k = max(3, int(0.06 * max(s.shape)))
+
+    def strokes(region, size):
+        around = np.where(region, smooth, 0.0)
+        return ndimage.minimum_filter(ndimage.maximum_filter(around, size=size), size=size) - smooth
+
+    # Off the sheet, a margin is left out (the sheet's bright rim is no stroke) and the square is
+    # twice as wide, for a marker's stroke.
+    off = ~ndimage.binary_dilation(sheet, iterations=3)
+    on_sheet, off_sheet = strokes(sheet, k), strokes(off, 2 * k)[off]
+    level = max(0.05, 0.15 * contrast, 0.4 * float(on_sheet[sheet].max()))
+    if (off_sheet > level).sum() > max(4, 0.002 * off.sum()):  # a desk has next to none
+        return grey, None
+    # Strokes wider than the square (a marker, a close-up) reaching into the dark part: much darker
+    # than the rest of it, as a desk's grain is not.
+    below = smooth[off] < float(np.median(smooth[off])) - max(0.08, 0.5 * contrast)
+    if below.mean() > 0.02:
+        return grey, None
+    # And a sheet holds writing: a stroke, not scattered specks (a fat chalk 1 on a board is a light
+    # rectangle too, with only dust in it).
+    inner = ndimage.binary_erosion(sheet, iterations=3)  # the sheet's rim is blurred by the smoothing
+    written, n = ndimage.label((on_sheet > level) & inner, structure=np.ones((3, 3)))
+    if n == 0 or np.bincount(written.ravel())[1:].max() < max(20, 0.001 * sheet.sum()):
+        return grey, None
+    # The paper's local mean (writing is a small part of it), copied outwards from the nearest point.
+    core = ndimage.binary_erosion(sheet, iterations=2)
+    weight = ndimage.uniform_filter(core.astype(np.float32), size=k)
+    paper = ndimage.uniform_filter(np.where(core, smooth, 0).astype(np.float32), size=k) / np.maximum(weight, 1e-6)
+    known = weight > 0.2
+    _, (iy, ix) = ndimage.distance_transform_edt(~known, return_indices=True)
+    desk = ~core
+    fill = paper[iy, ix]
+    if s.shape != grey.shape:
+        size = (grey.shape[1], grey.shape[0])
+        desk = np.asarray(Image.fromarray(desk.astype(np.float32), "F").resize(size, Image.BILINEAR)) > 0.01
+        fill = np.asarray(Image.fromarray(fill.astype(np.float32), "F").resize(size, Image.BILINEAR))
+    return np.where(desk, fill, grey).astype(np.float32), ~desk
+
+
+def otsu_level(a: np.ndarray) -> float:
+    """Otsu's threshold of values in [0, 1] (256 bins): the level that best splits them in two classes."""
+    hist = np.bincount(np.clip((a * 255).astype(int), 0, 255).ravel(), minlength=256).astype(float)
+    w0 = np.cumsum(hist)
+    m0 = np.cumsum(hist * np.arange(256))
+    total, mean = w0[-1], m0[-1]
+    w1 = total - w0
+    between = (mean * w0 - m0 * total) ** 2 / np.maximum(w0 * w1, 1e-9)
+    return (int(np.argmax(between[:-1])) + 0.5) / 255
+
+
+def rectangle_fit(mask: np.ndarray) -> tuple[float, float]:
+    """(area of a region / its smallest enclosing rectangle's, that rectangle's long side / short side).
+
+    The first is 1 for a rectangle and 0.79 for an ellipse.
+    """
+    from scipy.spatial import ConvexHull, QhullError
+
+    ys, xs = np.nonzero(mask & ~ndimage.binary_erosion(mask))  # the outline holds the hull
+    points = np.stack([xs, ys], 1).astype(float)
+    # Pixel corners, so that a thin region has an area.
+    points = np.concatenate([points + d for d in ((0, 0), (1, 0), (0, 1), (1, 1))])
+    try:
+        hull = points[ConvexHull(points).vertices]
+    except QhullError:
+        return 0.0, np.inf
+    edges = np.diff(np.vstack([hull, hull[:1]]), axis=0)
+    best, sides = np.inf, (1.0, 1.0)
+    # The smallest enclosing rectangle has a side along one of the hull's edges.
+    for angle in np.unique(np.round(np.arctan2(edges[:, 1], edges[:, 0]) % (np.pi / 2), 6)):
+        c, s_ = np.cos(angle), np.sin(angle)
+        u, v = np.ptp(hull @ np.array([c, s_])), np.ptp(hull @ np.array([-s_, c]))
+        if u * v < best:
+            best, sides = float(u * v), (max(u, v), max(min(u, v), 1.0))
+    return float(mask.sum()) / max(best, 1.0), sides[0] / sides[1]
