@@ -1,0 +1,100 @@
+"""The sheet finder (digitnet/sheet.py): a sheet photographed on a desk, and what must not pass for one."""
+import importlib.util
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from test_preprocess import ROOT, default_model, seven, similar  # noqa: F401 (fixture)
+
+from digitnet.errors import DigitnetError
+from digitnet.preprocess import to_grey, to_mnist
+
+
+def on_desk(sheet: Image.Image, desk: int, angle: float, at: tuple[int, int], size=(420, 380)) -> Image.Image:
+    """A sheet photographed lying on a desk of grey level `desk`, turned by `angle` degrees."""
+    canvas = Image.new("L", size, desk)
+    turned = sheet.convert("RGBA").rotate(angle, resample=Image.BICUBIC, expand=True)
+    canvas.paste(turned.convert("L"), at, turned)
+    return canvas
+
+
+@pytest.mark.parametrize("desk,angle,at", [(25, 8.0, (120, 90)), (90, -5.0, (40, 160)), (60, 12.0, (290, 60))])
+def test_a_sheet_on_a_darker_desk_is_read_as_paper(desk, angle, at):
+    # Without the sheet found, the dark ring reads as a board and the whole sheet as the digit.
+    from digitnet.sheet import paper_only
+
+    photo = on_desk(seven(size=(160, 180)), desk, angle, at)  # the last runs off the frame
+    grey, sheet = paper_only(to_grey(photo))
+    assert sheet is not None and 0.1 < sheet.mean() < 0.6
+    assert grey[~sheet].min() > 0.7  # the desk now has the paper's brightness
+    plain = on_desk(seven(size=(160, 180)), 235, angle, at)  # the same turned 7, paper everywhere
+    assert similar(to_mnist(photo), to_mnist(plain)) > 0.9
+
+
+def test_a_shadow_over_the_digit_is_not_taken_for_a_desk():
+    # A hard shadow's edge is as straight as a sheet's, but the dark part holds writing: left alone.
+    from digitnet.sheet import paper_only
+
+    a = np.asarray(seven(size=(240, 260)), np.float32)
+    yy, xx = np.mgrid[:260, :240]
+    im = Image.fromarray((a * np.where(xx < 110, 0.45, 1.0)).astype(np.uint8))  # the 7's stem in shadow
+    assert paper_only(to_grey(im))[1] is None
+    assert similar(to_mnist(im), to_mnist(seven(size=(240, 260)))) > 0.85
+
+
+@pytest.mark.parametrize("shape", ["ellipse", "rectangle"])
+def test_fat_chalk_on_a_board_is_not_a_sheet(shape):
+    # A fat chalk 0 or 1 is a light region on a darker surround too, but holds no writing.
+    from digitnet.sheet import paper_only
+
+    im = Image.new("L", (240, 240), 45)
+    draw = ImageDraw.Draw(im)
+    if shape == "ellipse":
+        draw.ellipse([50, 30, 190, 210], outline=225, width=40)
+    else:
+        draw.rectangle([95, 30, 145, 210], fill=225)
+    assert paper_only(to_grey(im))[1] is None
+    assert to_mnist(im)[14, 14] > 100 if shape == "rectangle" else to_mnist(im)[14, 14] < 50
+
+
+def test_desk_photos_read_far_better_with_the_sheet_found(default_model, monkeypatch):
+    """A small batch from benchmarks/make_realistic.py: sheets on desks, against the same pipeline
+    with the sheet step turned off."""
+    import digitnet.preprocess as pp
+    from digitnet.data import load_split
+
+    spec = importlib.util.spec_from_file_location("make_realistic", ROOT / "benchmarks" / "make_realistic.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    x_test, y_test = load_split("mnist", "test")
+    items = [gen.make_desk(i, 12345, x_test, y_test, gen.handwriting_fonts()) for i in range(24)]
+    labels = np.array([label for _, label, _, _ in items])
+
+    def accuracy():
+        seen = []
+        for im, *_ in items:
+            try:
+                seen.append(to_mnist(im))
+            except DigitnetError:
+                seen.append(np.zeros((28, 28), np.uint8))
+        return (default_model.predict(np.stack(seen)).argmax(1) == labels).mean()
+
+    ours = accuracy()
+    monkeypatch.setattr(pp, "paper_only", lambda grey: (grey, None))
+    without = accuracy()
+    assert ours >= 0.5 and ours >= without + 0.3, (ours, without)
+
+
+def test_a_number_on_a_slip_of_paper_on_a_desk_is_read():
+    # A slip three times as wide as tall is still a sheet (only tall bars, like a chalk 1, are not).
+    import digitnet
+    from digitnet.sheet import paper_only
+    from digitnet.read import read_number
+
+    slip = Image.new("L", (420, 130), 235)
+    draw = ImageDraw.Draw(slip)
+    for left in (40, 170, 300):
+        draw.line([(left, 25), (left + 70, 28), (left + 30, 105)], fill=30, width=9, joint="curve")
+    photo = on_desk(slip, 40, 4.0, (90, 120), size=(640, 400))
+    assert paper_only(to_grey(photo))[1] is not None
+    assert read_number(photo, digitnet.load(None))["text"] == "777"
