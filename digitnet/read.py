@@ -167,11 +167,17 @@ def read_number(image, classifier, min_confidence: float = 0.0) -> dict:
                 out.append(None)  # a fragment too faint to hold a digit once isolated
         return out
 
+    # Cuts are judged on the network's own softmax, not the calibrated one: a calibration
+    # temperature below 1 sharpens, and then half a digit and a whole one both read at 0.999.
+    temperature = float(classifier.meta.get("calibration", {}).get("temperature", 1.0))
+
     def score(crops: list[np.ndarray]) -> np.ndarray:
         """The network's confidence in each crop: how segment.find_digits tells a good cut."""
         xs = inputs(crops)
         found = [x for x in xs if x is not None]
-        probs = iter(classifier.predict(np.stack(found)).max(1) if found else [])
+        if not found:
+            return np.zeros(len(xs))
+        probs = iter(uncalibrated(classifier.predict(np.stack(found)), temperature).max(1))
         return np.array([next(probs) if x is not None else 0.0 for x in xs])
 
     pieces = find_digits(ink, score)
@@ -192,6 +198,16 @@ def read_number(image, classifier, min_confidence: float = 0.0) -> dict:
     text = "".join(d["digit"] if d["digit"] != "unknown" else "?" for d in digits)
     return {"text": text, "status": "ok" if "?" not in text else "unknown", "digits": digits,
             "confidence": float(np.prod([d["confidence"] for d in digits]))}
+
+
+def uncalibrated(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """The softmax of the logits, from probabilities calibrated at `temperature`.
+
+    Calibrated p is softmax(logits / T), so p ** T renormalised is softmax(logits): this works on
+    any runtime's output (ONNX Runtime returns calibrated probabilities only).
+    """
+    raw = np.asarray(probs, dtype=np.float64) ** temperature
+    return raw / raw.sum(axis=-1, keepdims=True)
 
 
 def annotate(image, result: dict) -> bytes:

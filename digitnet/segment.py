@@ -39,6 +39,8 @@ TALL = 0.6            # each digit of a cut spans at least this fraction of its 
 BRIDGE = 0.04         # gaps in a stroke up to this fraction of the ink's height are closed
 SHEARS = (0.0, 0.3, -0.15)  # cut slants tried when a score can judge them (italic writing leans right)
 PAD = 2               # pixels of anti-aliased edge kept around each digit's stroke
+FAINT = 0.7           # a group at the photo's edge this much weaker (90th percentile of its ink)...
+FAINT_MASS = 0.35     # ... and lighter (total ink) than the number's median group is a line's remnant
 JOIN_GAIN = 0.05      # two neighbours become one digit when that reads this much better (mean log-confidence)
 
 
@@ -92,6 +94,7 @@ def find_digits(ink: np.ndarray, score: Score | None = None) -> list[Piece]:
     groups = merge_broken([([lab], box) for lab, box in sorted(comps, key=lambda c: c[1][0])], height, areas)
     # What is still flat after merging is no digit: a dash, a line's remnant, a smudge.
     groups = [(labs, box) for labs, box in groups if box[3] - box[1] >= FLAT * height]
+    groups = drop_faint(groups, labels, ink)
     # The usual width of one digit: the median group leaving out 1s (narrow), unless the groups are
     # themselves touching pairs (then WIDTH_CAP of the height).
     widths = [box[2] - box[0] for _, box in groups if box[2] - box[0] >= 0.4 * height]
@@ -121,6 +124,31 @@ def find_digits(ink: np.ndarray, score: Score | None = None) -> list[Piece]:
     pieces = [p for o in options for p in o[0] if p.box[3] - p.box[1] >= FLAT * height]
     pieces = sorted(pieces, key=lambda p: (p.box[0] + p.box[2]) / 2)
     return rejoin(pieces, ink, height, score) if score is not None else pieces
+
+
+def drop_faint(groups: list, labels: np.ndarray, ink: np.ndarray) -> list:
+    """Leave out groups at the photo's edge that are far fainter and lighter than the number's digits.
+
+    What survives of a ruled or margin line running off the photo, or of a shadow's edge, is weak ink
+    at the border. Faintness alone is no test: a thin 1 in a blurred photo never reaches the
+    strength of the thicker strokes and looks as weak as a line's remnant, but it is written among
+    the other digits, not at the photo's edge.
+    """
+    if len(groups) < 2:
+        return groups
+    h, w = ink.shape
+    strength, mass = [], []
+    for labs, (left, top, right, bottom) in groups:
+        values = ink[top:bottom, left:right][np.isin(labels[top:bottom, left:right], labs)]
+        strength.append(float(np.percentile(values, 90)))
+        mass.append(float(values.sum()))
+    s0, m0 = float(np.median(strength)), float(np.median(mass))
+
+    def remnant(box, s: float, m: float) -> bool:
+        at_edge = box[0] == 0 or box[1] == 0 or box[2] == w or box[3] == h
+        return at_edge and s < FAINT * s0 and m < FAINT_MASS * m0
+
+    return [g for g, s, m in zip(groups, strength, mass) if not remnant(g[1], s, m)]
 
 
 def rejoin(pieces: list[Piece], ink: np.ndarray, height: float, score: Score) -> list[Piece]:

@@ -360,3 +360,38 @@ def test_a_zero_broken_down_its_length_reads_as_one_digit(classifier):
     draw.arc([40, 20, 110, 120], 280, 80, fill=30, width=8)
     draw.line([(150, 25), (215, 27), (175, 118)], fill=30, width=8, joint="curve")  # a 7
     assert read_number(im, classifier)["text"] == "07"
+
+
+def test_a_faint_line_remnant_at_the_edge_is_no_digit():
+    """What is left of a margin line where it leaves the photo is faint, light ink at the border: not a
+    digit. The same faint stroke among the digits is a thin 1 and stays."""
+    from digitnet.segment import find_digits
+
+    def zeros(lefts, width=200):
+        ink = np.zeros((80, width), np.float32)
+        for left in lefts:  # digits 28 wide, 60 tall, strong ink
+            ink[10:70, left:left + 28] = 1.0
+            ink[16:64, left + 6:left + 22] = 0.0
+        return ink
+
+    edge = zeros((10, 50, 90))
+    edge[5:55, 196:200] = 0.45  # a faint thin line at the right border
+    assert len(find_digits(edge)) == 3
+    among = zeros((10, 50, 130))
+    among[12:68, 100:104] = 0.45  # the same stroke between the digits
+    assert len(find_digits(among)) == 4
+
+
+def test_cuts_are_scored_on_the_uncalibrated_softmax():
+    from digitnet.read import uncalibrated
+
+    logits = np.random.default_rng(0).normal(0, 4, (50, 10))
+
+    def softmax(z):
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    for t in (0.5, 1.0, 2.0):
+        calibrated = softmax(logits / t).astype(np.float32)
+        assert np.allclose(uncalibrated(calibrated, t), softmax(logits), atol=1e-5)
+    assert not np.allclose(softmax(logits / 0.5), softmax(logits), atol=1e-3)  # the test can fail
