@@ -420,3 +420,33 @@ def place_in_28(crop: np.ndarray) -> np.ndarray:
 def to_mnist(image) -> np.ndarray:
     """Any image (PIL or array) -> uint8 (28, 28), white ink on black, the digit centred by mass."""
     return ink_to_mnist(ink_map(image))
+
+
+def deslant(x: np.ndarray) -> np.ndarray:
+    """uint8 (N, 28, 28) digits with their slant taken out: the classic MNIST deskew.
+
+    The slant is the ink's second-moment ratio mu11 / mu02 (how far x moves per row); each row is
+    shifted back by it (capped at 1 pixel per row), and the digit recentred by mass. The reader
+    shows the network both the digit and this view (read.read_digits).
+    """
+    x = np.asarray(x)
+    out = np.empty_like(x)
+    ys, xs = np.mgrid[:28, :28].astype(np.float64)
+    for i, im in enumerate(x.astype(np.float64)):
+        mass = im.sum()
+        if mass <= 0:
+            out[i] = x[i]
+            continue
+        cy, cx = (im * ys).sum() / mass, (im * xs).sum() / mass
+        mu02 = (im * (ys - cy) ** 2).sum() / mass
+        slant = float(np.clip((im * (ys - cy) * (xs - cx)).sum() / mass / max(mu02, 1e-6), -1, 1))
+        # Output pixel (y, x) samples the input at (y, x + slant * (y - cy)).
+        upright = ndimage.affine_transform(im, np.array([[1.0, 0.0], [slant, 1.0]]),
+                                           offset=(0.0, -slant * cy), order=1)
+        m = upright.sum()
+        if m <= 0:
+            out[i] = x[i]
+            continue
+        shift = (14 - (upright * ys).sum() / m, 14 - (upright * xs).sum() / m)
+        out[i] = np.clip(ndimage.shift(upright, shift, order=1), 0, 255).round().astype(np.uint8)
+    return out

@@ -33,6 +33,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from digitnet.errors import DigitnetError
 from digitnet.images import load_image
+from digitnet.read import read_digits
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"  # beside this file, never the cwd
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a phone photo of a digit fits; anything larger is refused with 413
@@ -105,7 +106,7 @@ class Batcher:
                 continue
             batch = np.stack([x for x, _ in items])  # (B, 28, 28) uint8
             try:
-                probs = await self.run(self.classifier.predict, batch)
+                probs = await self.run(read_digits, self.classifier, batch)
             except Exception as e:  # hand the failure to every waiting request; the loop lives on
                 for _, f in items:
                     if not f.done():

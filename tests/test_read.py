@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from digitnet.cli import main
-from digitnet.read import predict_image, read_number
+from digitnet.read import predict_image, read_digits, read_number
 from digitnet.segment import segment_digits
 
 SCALE = 4  # MNIST pixels -> photo pixels
@@ -116,8 +116,8 @@ def test_predict_from_stdin_and_saves_what_the_model_saw(singles, model_dir, cla
     assert row["source"] == "-" and row["digit"] == labels["b.png"]
     seen = np.asarray(Image.open(out / "stdin.png"))
     assert seen.shape == (28, 28) and seen.dtype == np.uint8 and seen.max() > 200
-    # What was saved is exactly what the network was given.
-    probs = classifier.predict(seen)[0]
+    # What was saved is exactly what the network was given (with its deslanted view).
+    probs = read_digits(classifier, seen[None])[0]
     assert np.allclose(probs, row["probs"], atol=1e-5)
 
 
@@ -395,3 +395,44 @@ def test_cuts_are_scored_on_the_uncalibrated_softmax():
         calibrated = softmax(logits / t).astype(np.float32)
         assert np.allclose(uncalibrated(calibrated, t), softmax(logits), atol=1e-5)
     assert not np.allclose(softmax(logits / 0.5), softmax(logits), atol=1e-3)  # the test can fail
+
+
+def slant(x: np.ndarray) -> float:
+    """The ink's second-moment slant (x shift per row) of one 28x28 image."""
+    ys, xs = np.mgrid[:28, :28]
+    w = x.astype(float) / x.sum()
+    cy, cx = (w * ys).sum(), (w * xs).sum()
+    return float((w * (ys - cy) * (xs - cx)).sum() / (w * (ys - cy) ** 2).sum())
+
+
+def test_deslant_takes_the_slant_out_and_recentres(mnist_test):
+    from scipy import ndimage
+
+    from digitnet.preprocess import deslant
+
+    x, _ = mnist_test
+    sheared = []
+    for i, shear in ((0, 0.4), (1, -0.4), (2, -0.3)):
+        sheared.append(ndimage.affine_transform(x[i].astype(float), [[1, 0], [-shear, 1]],
+                                                offset=(0, shear * 14), order=1).clip(0, 255).astype(np.uint8))
+    sheared = np.stack(sheared)
+    upright = deslant(sheared)
+    assert upright.shape == sheared.shape and upright.dtype == np.uint8
+    for before, after in zip(sheared, upright):
+        assert abs(slant(before)) > 0.2 and abs(slant(after)) < 0.05
+        cy, cx = ndimage.center_of_mass(after.astype(float))
+        assert abs(cy - 14) < 0.6 and abs(cx - 14) < 0.6
+        assert abs(int(after.sum()) - int(before.sum())) < 0.1 * before.sum()  # no ink lost at the edges
+    blank = np.zeros((1, 28, 28), np.uint8)
+    assert np.array_equal(deslant(blank), blank)
+
+
+def test_read_digits_averages_the_two_views_logits(classifier, mnist_test):
+    from digitnet.preprocess import deslant
+
+    x, _ = mnist_test
+    both = read_digits(classifier, x[:20])
+    p, q = classifier.predict(x[:20]).astype(float), classifier.predict(deslant(x[:20])).astype(float)
+    geometric = np.sqrt(p * q)
+    assert np.allclose(both, geometric / geometric.sum(1, keepdims=True), atol=1e-5)
+    assert np.allclose(both.sum(1), 1, atol=1e-5) and read_digits(classifier, x[:0]).shape == (0, 10)

@@ -20,7 +20,7 @@ from digitnet.data import load_split  # noqa: E402
 from digitnet.errors import DigitnetError  # noqa: E402
 from digitnet.explain import feature_maps  # noqa: E402
 from digitnet.images import load_image  # noqa: E402
-from digitnet.read import digit_input, load_classifier, read_number  # noqa: E402
+from digitnet.read import digit_input, load_classifier, read_digits, read_number  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_predict_upload_matches_the_library(client, classifier, digits):
     out = reply.json()
     x28 = digit_input(load_image(data))  # what `digitnet predict` would feed the network
     assert np.array_equal(np.array(out["image28"], dtype=np.uint8), x28)
-    expected = classifier.predict(x28[None])[0]
+    expected = read_digits(classifier, x28[None])[0]
     np.testing.assert_allclose(out["probs"], expected, atol=1e-5)
     assert len(out["probs"]) == 10 and abs(sum(out["probs"]) - 1) < 1e-4
     assert out["digit"] == out["best_guess"] == str(int(np.argmax(expected)))
@@ -99,7 +99,7 @@ def test_predict_pixels_are_used_as_is(client, classifier, digits):
     assert reply.status_code == 200, reply.text
     out = reply.json()
     assert out["image28"] == x[7].tolist()
-    np.testing.assert_allclose(out["probs"], classifier.predict(x[7:8])[0], atol=1e-5)
+    np.testing.assert_allclose(out["probs"], read_digits(classifier, x[7:8])[0], atol=1e-5)
 
 
 def test_min_confidence_gives_unknown_with_best_guess(client, digits):
@@ -187,7 +187,7 @@ def test_concurrent_requests_share_a_forward_pass(classifier, digits):
                 return replies, (await c.get("/healthz")).json()
 
     replies, health = asyncio.run(run())
-    expected = classifier.predict(x[:24])
+    expected = read_digits(classifier, x[:24])
     for r, e in zip(replies, expected):
         assert r.status_code == 200
         np.testing.assert_allclose(r.json()["probs"], e, atol=1e-5)
