@@ -7,7 +7,8 @@
 Three ways to turn an image into the network's 28x28 input, on the same model:
   naive    grey, resize the whole image to 28x28, invert if the background is light
   simple   grey, invert if light, global threshold, crop, fit 20x20, centre of mass (the textbook recipe)
-  digitnet digitnet.preprocess.to_mnist: background and lines removed, polarity decided, then as MNIST
+  digitnet digitnet.preprocess.to_mnist: background and lines removed, polarity decided, then as MNIST;
+           read as `digitnet predict` reads (read.read_digits: also deslanted, the two readings averaged)
 
 Sets: photos of MNIST *test* digits (real handwriting), photos of handwriting-font digits,
 tight crops of both from scans and screens (no target in the issue; a digit filling its image),
@@ -33,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from digitnet.errors import DigitnetError  # noqa: E402
 from digitnet.images import load_image  # noqa: E402
 from digitnet.preprocess import to_grey, to_mnist  # noqa: E402
+from digitnet.read import read_digits  # noqa: E402
 
 METHODS = ("naive", "simple", "digitnet")
 TARGETS = {"mnist photos": 0.98, "font photos": 0.98, "load_digits": 0.95, "numbers (exact)": 0.90}
@@ -120,7 +122,8 @@ def score(images, labels, classifier) -> dict:
     out = {}
     for method in METHODS:
         x, ok = inputs(images, method)
-        pred = classifier.predict(x).argmax(1)
+        # digitnet reads as `digitnet predict` does (each digit also deslanted); the baselines plainly.
+        pred = (read_digits(classifier, x) if method == "digitnet" else classifier.predict(x)).argmax(1)
         correct = (pred == np.asarray(labels)) & np.asarray(ok)
         out[method] = {"accuracy": float(correct.mean()), "n": len(labels)}
         if method == "digitnet":

@@ -7,6 +7,10 @@ The Python API mirrors the CLI, with Keras-like ergonomics:
     run.history["val_accuracy"]               # per-epoch history, as Keras' History.history
     model = digitnet.load(run.run_dir)        # like `--model RUN`
     probs = model.predict(images)             # uint8 (N, 28, 28) arrays or PIL images -> (N, 10)
+
+model.predict is the network alone (as Keras' predict). To read photos as `digitnet predict` and
+`digitnet read` do (each digit also read deslanted): digitnet.read.predict_image(image, model) and
+digitnet.read.read_number(image, model).
 """
 __version__ = "0.1.0"
 
