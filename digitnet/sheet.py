@@ -8,7 +8,7 @@ otherwise reads as a board with light ink on it.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from digitnet.images import small_copy
@@ -30,21 +30,14 @@ def paper_only(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     if min(s.shape) < 96:  # a tight crop or a small digit image, not a photo of a desk
         return grey, None
     smooth = ndimage.gaussian_filter(s, 1.0)
-    light = ndimage.binary_opening(smooth > otsu_level(smooth), np.ones((3, 3)), iterations=2)
-    labels, n = ndimage.label(light)
-    if n == 0:
-        return grey, None
-    sheet = ndimage.binary_fill_holes(labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:])))
-    # Paper is most of a sheet; a light digit with its holes filled (a fat 0) is half hole.
-    if not 0.05 <= sheet.mean() <= 0.95 or light[sheet].mean() < 0.75:
-        return grey, None
-    contrast = float(np.median(s[sheet]) - np.median(s[~sheet]))
-    # A sheet is a quadrilateral (cut by the frame at most), not a tall thin bar as a chalk 1 is; a
-    # wide strip (a number written on a slip of paper) is a sheet.
-    fill, aspect = rectangle_fit(sheet)
-    rows, cols = np.flatnonzero(sheet.any(1)), np.flatnonzero(sheet.any(0))
-    tall = rows[-1] - rows[0] > cols[-1] - cols[0]
-    if contrast < 0.15 or fill < 0.8 or aspect > (2.5 if tall else 6.0):
+    # A shadow across the sheet splits it: its shaded part falls below Otsu's level with the desk,
+    # and the lit part alone is no quadrilateral. Then the level that splits what lies below the
+    # first (the desk from the shaded paper) is tried too.
+    level = otsu_level(smooth)
+    sheet, contrast = light_region(s, smooth, level)
+    if sheet is None:
+        sheet, contrast = light_region(s, smooth, otsu_level(smooth[smooth <= level]))
+    if sheet is None:
         return grey, None
     # A desk shows around the sheet (much of the photo's outer ring), and the sheet's edge is a
     # step, where uneven light or a vignette only darkens the paper gradually.
@@ -96,6 +89,30 @@ def paper_only(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     return np.where(desk, fill, grey).astype(np.float32), ~desk
 
 
+def light_region(s: np.ndarray, smooth: np.ndarray, level: float) -> tuple[np.ndarray | None, float]:
+    """The largest region above `level` if it is shaped like a sheet: (its mask, its contrast with
+    the rest), or (None, 0)."""
+    light = ndimage.binary_opening(smooth > level, np.ones((3, 3)), iterations=2)
+    labels, n = ndimage.label(light)
+    if n == 0:
+        return None, 0.0
+    sheet = ndimage.binary_fill_holes(labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:])))
+    # Paper is most of a sheet; a light digit with its holes filled (a fat 0) is half hole.
+    if not 0.05 <= sheet.mean() <= 0.95 or light[sheet].mean() < 0.75:
+        return None, 0.0
+    contrast = float(np.median(s[sheet]) - np.median(s[~sheet]))
+    # A sheet is a quadrilateral (cut by the frame at most), not a tall thin bar as a chalk 1 is; a
+    # wide strip (a number written on a slip of paper) is a sheet.
+    fill, aspect = rectangle_fit(sheet)
+    rows, cols = np.flatnonzero(sheet.any(1)), np.flatnonzero(sheet.any(0))
+    tall = rows[-1] - rows[0] > cols[-1] - cols[0]
+    if contrast < 0.15 or fill < 0.8 or aspect > (2.5 if tall else 6.0):
+        return None, 0.0
+    # Writing or a fat stroke running into the sheet's edge leaves notches in it: the sheet is
+    # convex, so its hull (less a rim of two pixels, the sheet's shaded edge) is paper too.
+    return sheet | ndimage.binary_erosion(convex_fill(sheet), iterations=2), contrast
+
+
 def otsu_level(a: np.ndarray) -> float:
     """Otsu's threshold of values in [0, 1] (256 bins): the level that best splits them in two classes."""
     hist = np.bincount(np.clip((a * 255).astype(int), 0, 255).ravel(), minlength=256).astype(float)
@@ -105,6 +122,20 @@ def otsu_level(a: np.ndarray) -> float:
     w1 = total - w0
     between = (mean * w0 - m0 * total) ** 2 / np.maximum(w0 * w1, 1e-9)
     return (int(np.argmax(between[:-1])) + 0.5) / 255
+
+
+def convex_fill(mask: np.ndarray) -> np.ndarray:
+    """The region's convex hull as a mask."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    ys, xs = np.nonzero(mask & ~ndimage.binary_erosion(mask))
+    try:
+        hull = ConvexHull(np.stack([xs, ys], 1).astype(float))
+    except QhullError:
+        return mask
+    im = Image.new("1", (mask.shape[1], mask.shape[0]), 0)
+    ImageDraw.Draw(im).polygon([tuple(p) for p in hull.points[hull.vertices]], fill=1, outline=1)
+    return np.asarray(im) | mask
 
 
 def rectangle_fit(mask: np.ndarray) -> tuple[float, float]:

@@ -31,6 +31,35 @@ def test_a_sheet_on_a_darker_desk_is_read_as_paper(desk, angle, at):
     assert similar(to_mnist(photo), to_mnist(plain)) > 0.9
 
 
+def test_a_sheet_half_in_shadow_is_found_whole():
+    # The shaded part falls below Otsu's level with the desk, and the lit part alone is a pentagon
+    # that fills too little of its rectangle; the lower split (desk against shaded paper) finds it.
+    from digitnet.sheet import paper_only
+
+    a = np.asarray(seven(size=(200, 220)), np.float32)
+    yy, xx = np.mgrid[:220, :200]
+    shaded = Image.fromarray((a * np.where(xx + yy < 150, 0.55, 1.0)).astype(np.uint8))  # a corner
+    photo = on_desk(shaded, 35, 6.0, (110, 70))
+    grey, sheet = paper_only(to_grey(photo))
+    assert sheet is not None
+    assert grey[~sheet].min() > 0.45  # the desk painted over, the shaded paper kept
+    plain = on_desk(seven(size=(200, 220)), 235, 6.0, (110, 70))
+    assert similar(to_mnist(photo), to_mnist(plain)) > 0.85
+
+
+def test_a_fat_stroke_running_into_the_sheets_edge_leaves_it_a_sheet():
+    # The stroke cuts a notch into the light region; the sheet is convex, so its hull is paper.
+    from digitnet.sheet import paper_only
+
+    sheet = Image.new("L", (180, 200), 235)
+    ImageDraw.Draw(sheet).line([(0, 40), (120, 44), (70, 170)], fill=30, width=22, joint="curve")
+    photo = on_desk(sheet, 45, 5.0, (120, 80))
+    grey, found = paper_only(to_grey(photo))
+    assert found is not None
+    plain = on_desk(sheet, 235, 5.0, (120, 80))
+    assert similar(to_mnist(photo), to_mnist(plain)) > 0.85
+
+
 def test_a_shadow_over_the_digit_is_not_taken_for_a_desk():
     # A hard shadow's edge is as straight as a sheet's, but the dark part holds writing: left alone.
     from digitnet.sheet import paper_only
