@@ -21,7 +21,7 @@ from scipy import ndimage
 from digitnet.errors import DigitnetError
 from digitnet.images import small_copy
 from digitnet.lines import remove_lines
-from digitnet.sheet import paper_only
+from digitnet.sheet import otsu_level, paper_only
 
 # Larger images are reduced to this longest side before any analysis: digits need far fewer pixels,
 # and it bounds time and memory per image.
@@ -146,6 +146,12 @@ def dark_ink(grey: np.ndarray) -> bool:
     sigma = 1.4826 * np.median(np.abs(res - np.median(res))) + 1e-3
     dark = np.clip(-res - 3 * sigma, 0, None).sum()
     light = np.clip(res - 3 * sigma, 0, None).sum()
+    if max(dark, light) < 1.5 * min(dark, light):
+        # Too close to call: fat strokes fill the photo and the local paper level follows them.
+        # Strokes touching the frame split its ring, but most of the ring is still paper. Only a
+        # light ring decides: a dark one may be a desk around a sheet that was not found.
+        if (border > otsu_level(s)).mean() >= 0.8:
+            return True
     return bool(dark >= light)
 
 

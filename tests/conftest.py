@@ -1,5 +1,8 @@
 """Shared fixtures: a tiny trained run built once per session on a subset of MNIST, the model the reading
-tests use, and the MNIST test set."""
+tests use, the MNIST test set, and the realistic test set's generator."""
+import importlib.util
+from pathlib import Path
+
 import pytest
 
 
@@ -35,3 +38,13 @@ def mnist_test():
     from digitnet.data import load_split
 
     return load_split("mnist", "test")
+
+
+@pytest.fixture(scope="session")
+def make_realistic():
+    """benchmarks/make_realistic.py as a module: photos of handwriting, every item with its own seed."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "make_realistic.py"
+    spec = importlib.util.spec_from_file_location("make_realistic", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,5 +1,4 @@
 """Looking inside: feature maps under summary's names, saliency on the ink, `digitnet explain` end to end."""
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -16,19 +15,15 @@ from digitnet.errors import DigitnetError
 from digitnet.explain import feature_maps, saliency, saliency_stats, to_input
 from digitnet.model import build_model, summarize
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def realistic():
+def realistic(make_realistic):
     """realistic(i, folder) -> (path, label): item i of the repo's realistic test set, saved as a file.
 
     benchmarks/make_realistic.py draws MNIST *test* digits as pen, pencil or chalk strokes and
     "photographs" them (paper, lines, light, blur, noise, JPEG); every item has its own seed.
     """
-    spec = importlib.util.spec_from_file_location("make_realistic", ROOT / "benchmarks" / "make_realistic.py")
-    make_realistic = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_realistic)
     x_test, y_test = load_split("mnist", "test")
 
     def make(i, folder):

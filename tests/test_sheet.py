@@ -1,10 +1,8 @@
 """The sheet finder (digitnet/sheet.py): a sheet photographed on a desk, and what must not pass for one."""
-import importlib.util
-
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-from test_preprocess import ROOT, default_model, seven, similar  # noqa: F401 (fixture)
+from test_preprocess import default_model, seven, similar  # noqa: F401 (fixture)
 
 from digitnet.errors import DigitnetError
 from digitnet.preprocess import to_grey, to_mnist
@@ -86,15 +84,13 @@ def test_fat_chalk_on_a_board_is_not_a_sheet(shape):
     assert to_mnist(im)[14, 14] > 100 if shape == "rectangle" else to_mnist(im)[14, 14] < 50
 
 
-def test_desk_photos_read_far_better_with_the_sheet_found(default_model, monkeypatch):
+def test_desk_photos_read_far_better_with_the_sheet_found(default_model, make_realistic, monkeypatch):
     """A small batch from benchmarks/make_realistic.py: sheets on desks, against the same pipeline
     with the sheet step turned off."""
     import digitnet.preprocess as pp
     from digitnet.data import load_split
 
-    spec = importlib.util.spec_from_file_location("make_realistic", ROOT / "benchmarks" / "make_realistic.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
+    gen = make_realistic
     x_test, y_test = load_split("mnist", "test")
     items = [gen.make_desk(i, 12345, x_test, y_test, gen.handwriting_fonts()) for i in range(24)]
     labels = np.array([label for _, label, _, _ in items])
