@@ -41,6 +41,7 @@ SHEARS = (0.0, 0.3, -0.15)  # cut slants tried when a score can judge them (ital
 PAD = 2               # pixels of anti-aliased edge kept around each digit's stroke
 FAINT = 0.7           # a group at the photo's edge this much weaker (90th percentile of its ink)...
 FAINT_MASS = 0.35     # ... and lighter (total ink) than the number's median group is a line's remnant
+SPLIT_COST = 0.05     # a cut into n digits is scored this much lower per extra digit (mean log-confidence)
 JOIN_GAIN = 0.05      # two neighbours become one digit when that reads this much better (mean log-confidence)
 
 
@@ -119,6 +120,9 @@ def find_digits(ink: np.ndarray, score: Score | None = None) -> list[Piece]:
                                                           for p in cut) for cut in o]
                 if any(tall):
                     values = [v if t else -math.inf for v, t in zip(values, tall)]
+                # The network reads half of a wide 3 or 8 as a digit with high confidence, while
+                # touching digits are rarer than wide ones: each extra digit must earn its place.
+                values = [v - SPLIT_COST * (len(cut) - 1) for v, cut in zip(values, o)]
                 options[k] = [o[int(np.argmax(values))]]
     # A cut can leave a flat end of a ruled line that ran through a digit: not a digit either.
     pieces = [p for o in options for p in o[0] if p.box[3] - p.box[1] >= FLAT * height]

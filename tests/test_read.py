@@ -349,6 +349,22 @@ def test_a_narrow_touching_pair_is_still_tried_as_two_digits():
     assert len(find_digits(ink, sure_of_single_digits)) == 4
 
 
+def test_a_wide_digit_read_well_whole_is_not_cut():
+    """The network reads each half of a wide 3 or 8 as a digit, often a little more surely than the
+    whole; a cut must read clearly better than the uncut digit, since touching digits are rarer."""
+    from digitnet.segment import find_digits
+
+    ink = np.zeros((80, 200), np.float32)
+    for left, width in ((10, 28), (45, 28), (85, 58)):  # two usual digits, then a wide one
+        ink[10:70, left:left + width] = 1.0
+        ink[16:64, left + 6:left + width - 6] = 0.0
+
+    def a_little_surer_of_halves(crops):
+        return [0.99 if c.shape[1] < 40 else 0.96 for c in crops]
+
+    assert len(find_digits(ink, a_little_surer_of_halves)) == 3
+
+
 def test_a_zero_broken_down_its_length_reads_as_one_digit(classifier):
     # A 0 drawn as two arcs with gaps at top and bottom is two narrow pieces side by side; read one
     # by one they are "1" "1" (the answer before rejoin), read together a clear 0.
