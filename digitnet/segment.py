@@ -42,7 +42,7 @@ PAD = 2               # pixels of anti-aliased edge kept around each digit's str
 FAINT = 0.7           # a group at the photo's edge this much weaker (90th percentile of its ink)...
 FAINT_MASS = 0.35     # ... and lighter (total ink) than the number's median group is a line's remnant
 SPLIT_COST = 0.05     # a cut into n digits is scored this much lower per extra digit (mean log-confidence)
-JOIN_GAIN = 0.05      # two neighbours become one digit when that reads this much better (mean log-confidence)
+JOIN_GAIN = 0.1       # two neighbours become one digit when that reads this much better (mean log-confidence)
 
 
 @dataclass
