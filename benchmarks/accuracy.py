@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/accuracy.py train best --seeds 0 1 2     # each run under the heavy lock
     .venv/bin/python benchmarks/accuracy.py report                       # table + JSON, ensembles, TTA
     .venv/bin/python benchmarks/accuracy.py report best                  # re-score one group, keep the rest
+    .venv/bin/python benchmarks/accuracy.py holdout fashion-flip-24      # hold-out only: does TTA pay?
 
 Groups (each a plain `digitnet train` command line, shown in the table):
   seed           the notebook (3 epochs, batch 32, Adam 1e-3)
@@ -72,6 +73,34 @@ def train(group: str, seeds: list[int], out: Path, extra: list[str], lock: bool 
             subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
+def holdout_accuracy(run: Path) -> tuple[float, float]:
+    """(plain, with TTA) accuracy on the run's own hold-out split: what may choose, the test set unseen."""
+    import torch
+
+    from digitnet.config import TrainConfig
+    from digitnet.ensemble import run_probabilities, trained_mirrored
+    from digitnet.model import load_model
+    from digitnet.train import load_splits
+
+    cpu = torch.device("cpu")
+    model, meta = load_model(run, cpu)
+    if not meta["config"].get("val_size"):
+        sys.exit(f"{run} was validated on the test set (val_size 0): it has no hold-out to choose on")
+    splits = load_splits(TrainConfig(**meta["config"]))
+    y = splits.y_val.numpy()
+    plain, tta = (run_probabilities(model, splits.x_val, cpu, tta=t, mirror=trained_mirrored(meta)) for t in (False, True))
+    return float((plain.argmax(1).numpy() == y).mean()), float((tta.argmax(1).numpy() == y).mean())
+
+
+def holdout(out: Path, group: str) -> None:
+    """Print each run's hold-out accuracy with and without test-time augmentation."""
+    rows = [(run.name, *holdout_accuracy(run)) for run in sorted(p.parent for p in out.glob(f"{group}-s*/model.json"))]
+    for name, plain, tta in rows:
+        print(f"{name}: hold-out {plain:.2%}, with TTA {tta:.2%}")
+    if rows:
+        print(f"mean: hold-out {np.mean([r[1] for r in rows]):.2%}, with TTA {np.mean([r[2] for r in rows]):.2%}")
+
+
 def report(out: Path, results_file: Path, only: str | None = None) -> dict:
     """Score every finished run on the test set once; group, ensemble, print and save.
 
@@ -102,12 +131,15 @@ def report(out: Path, results_file: Path, only: str | None = None) -> dict:
                          "seconds_per_epoch": history["seconds"],
                          "params": meta["architecture"]["params"],
                          "macs": meta["architecture"]["macs_per_image"],
-                         "precision": meta["training"]["precision"]})
+                         "precision": meta["training"]["precision"],
+                         "test_tta_accuracy": evaluate_ensemble([run], tta=True)["accuracy"]})
         acc = [r["test_accuracy"] for r in rows]
         entry = {"command": "digitnet train " + shlex.join(GROUPS[group]), "runs": rows,
                  "mean": float(np.mean(acc)), "min": float(np.min(acc)), "max": float(np.max(acc)),
                  "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rows]))}
-        entry["tta"] = evaluate_ensemble(runs[:1], tta=True)["accuracy"]
+        entry["tta"] = rows[0]["test_tta_accuracy"]
+        tta = [r["test_tta_accuracy"] for r in rows]
+        entry["tta_mean"], entry["tta_min"] = float(np.mean(tta)), float(np.min(tta))
         if len(runs) > 1:
             entry["ensemble"] = evaluate_ensemble(runs)["accuracy"]
             entry["ensemble_tta"] = evaluate_ensemble(runs, tta=True)["accuracy"]
@@ -151,7 +183,7 @@ def format_table(table: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["train", "report"])
+    parser.add_argument("action", choices=["train", "report", "holdout"])
     parser.add_argument("group", nargs="?", choices=list(GROUPS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/g/accuracy"), help="parent of the run dirs")
@@ -164,6 +196,10 @@ def main() -> None:
         if not args.group:
             parser.error("train needs a group: " + ", ".join(GROUPS))
         train(args.group, args.seeds, args.out, extra, lock=not args.lock_held)
+    elif args.action == "holdout":
+        if not args.group:
+            parser.error("holdout needs a group: " + ", ".join(GROUPS))
+        holdout(args.out, args.group)
     else:
         report(args.out, args.results, args.group)
 

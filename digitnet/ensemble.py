@@ -2,6 +2,7 @@
 
     digitnet evaluate runs/A runs/B runs/C          # the committee: mean of the three softmaxes
     digitnet evaluate runs/A --tta                  # one run, averaged over small shifts of each image
+                                                    # (and their mirror images, for runs trained with flips)
     digitnet evaluate runs/A runs/B --tta --json    # both
 
 Averaging probabilities (not votes) lets a confident member outvote two unsure ones; it is what
@@ -33,12 +34,22 @@ def shift_images(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return out
 
 
-def run_probabilities(model, x: torch.Tensor, device, tta: bool = False) -> torch.Tensor:
-    """(N, classes) float32 probabilities of one model for uint8 images (N, 28, 28), averaged over views."""
+def run_probabilities(model, x: torch.Tensor, device, tta: bool = False, mirror: bool = False) -> torch.Tensor:
+    """(N, classes) float32 probabilities of one model for uint8 images (N, 28, 28), averaged over views.
+
+    mirror: with tta, each view is also read mirrored left to right."""
     shifts = TTA_SHIFTS if tta else ((0, 0),)
-    probs = [probabilities(predict_logits(model, shift_images(x, dy, dx), device=device)).cpu()
-             for dy, dx in shifts]
+    flips = (False, True) if tta and mirror else (False,)
+    probs = [probabilities(predict_logits(model, shift_images(x.flip(-1) if flip else x, dy, dx),
+                                          device=device)).cpu()
+             for dy, dx in shifts for flip in flips]
     return torch.stack(probs).mean(0)
+
+
+def trained_mirrored(meta: dict) -> bool:
+    """True for a run trained on mirrored images too (--augment flip, clothes): mirroring is then a
+    view it knows. Digits are never trained so (a mirrored 2 is no 2)."""
+    return "flip" in str((meta.get("config") or {}).get("augment", "none")).split("+")
 
 
 def ensemble_probabilities(run_dirs: list[str | Path], x: torch.Tensor, device: str = "auto",
@@ -54,7 +65,7 @@ def ensemble_probabilities(run_dirs: list[str | Path], x: torch.Tensor, device: 
                       or meta["dataset"]["name"] != metas[0]["dataset"]["name"]):
             raise DigitnetError(f"{run_dir} was trained on {meta['dataset']['name']!r}, but {run_dirs[0]} on "
                                 f"{metas[0]['dataset']['name']!r}; an ensemble needs runs of one dataset")
-        members.append(run_probabilities(model, x, dev, tta))
+        members.append(run_probabilities(model, x, dev, tta, mirror=trained_mirrored(meta)))
         metas.append(meta)
     return torch.stack(members).mean(0), members, metas
 
@@ -74,6 +85,7 @@ def evaluate_ensemble(run_dirs: list[str | Path], data_dir: str | None = None, d
     member_acc = [float((p.argmax(1).numpy() == y).mean()) for p in members]
     result.update({"runs": [str(r) for r in run_dirs], "tta": tta,
                    "tta_shifts": [list(s) for s in (TTA_SHIFTS if tta else ((0, 0),))],
+                   "tta_mirrored": [trained_mirrored(m) and tta for m in metas],
                    "member_accuracy": member_acc, "member_mean_accuracy": float(np.mean(member_acc)),
                    "gain_over_mean_member": result["accuracy"] - float(np.mean(member_acc)),
                    "gain_over_best_member": result["accuracy"] - max(member_acc)})
@@ -93,7 +105,8 @@ def format_ensemble(result: dict) -> str:
     from digitnet.evaluate import format_report
 
     views = len(result["tta_shifts"])
-    view = f" with test-time augmentation ({views} shifted views)" if result["tta"] else ""
+    mirrored = " each also mirrored" if any(result.get("tta_mirrored", [])) else ""
+    view = f" with test-time augmentation ({views} shifted views{mirrored})" if result["tta"] else ""
     lines = [f"ensemble of {len(result['runs'])} run(s){view}:"]
     for run, acc in zip(result["runs"], result["member_accuracy"]):
         lines.append(f"  {acc:.4f}  {run}" + ("  (with TTA)" if result["tta"] else ""))

@@ -152,4 +152,5 @@ def test_accuracy_report_of_one_group_keeps_the_others(tiny_run, tmp_path):
     entry = table["seed"]
     assert [r["run"] for r in entry["runs"]] == ["seed-s0"]
     assert 0.5 < entry["mean"] == entry["min"] == entry["runs"][0]["test_accuracy"] <= 1
+    assert 0.5 < entry["tta"] == entry["tta_mean"] == entry["runs"][0]["test_tta_accuracy"] <= 1
     assert json.loads(results.read_text()) == table

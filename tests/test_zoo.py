@@ -115,6 +115,25 @@ def test_ensemble_of_one_run_is_that_run(tiny_run):
     assert tta["tta"] and len(tta["tta_shifts"]) == 5 and 0.8 < tta["accuracy"] <= 1
 
 
+def test_tta_adds_mirror_images_only_for_runs_trained_with_flips(tiny_run):
+    from digitnet.ensemble import TTA_SHIFTS, run_probabilities, trained_mirrored
+    from digitnet.model import predict_logits, probabilities
+
+    assert trained_mirrored({"config": {"augment": "flip"}})
+    assert trained_mirrored({"config": {"augment": "shift+flip"}})
+    assert not trained_mirrored({"config": {"augment": "affine+ink"}}) and not trained_mirrored({})
+    assert not trained_mirrored(json.loads((tiny_run.run_dir / "model.json").read_text()))
+    model, _ = load_model(tiny_run.run_dir, torch.device("cpu"))
+    x = torch.from_numpy(load_split("mnist", "test")[0][:64])
+    views = [probabilities(predict_logits(model, shift_images(v, dy, dx), device=torch.device("cpu")))
+             for v in (x, x.flip(-1)) for dy, dx in TTA_SHIFTS]
+    mirrored = run_probabilities(model, x, torch.device("cpu"), tta=True, mirror=True)
+    assert torch.allclose(mirrored, torch.stack(views).mean(0), atol=1e-6)
+    plain = run_probabilities(model, x, torch.device("cpu"), tta=True)
+    assert torch.allclose(plain, torch.stack(views[:len(TTA_SHIFTS)]).mean(0), atol=1e-6)
+    assert not torch.allclose(plain, mirrored, atol=1e-3)  # the mirror views changed the answer
+
+
 def test_evaluate_command_with_several_runs(tiny_run, strong_run, capsys):
     assert main(["evaluate", str(tiny_run.run_dir), str(strong_run.run_dir), "--limit", "200", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
