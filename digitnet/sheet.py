@@ -61,8 +61,15 @@ def paper_only(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     off = ~ndimage.binary_dilation(sheet, iterations=3)
     on_sheet, off_sheet = strokes(sheet, k), strokes(off, 2 * k)[off]
     level = max(0.05, 0.15 * contrast, 0.4 * float(on_sheet[sheet].max()))
-    if (off_sheet > level).sum() > max(4, 0.002 * off.sum()):  # a desk has next to none
-        return grey, None
+    marks = np.zeros_like(off)
+    marks[off] = off_sheet > level
+    if marks.sum() > max(4, 0.002 * off.sum()):  # a desk has next to none...
+        # ... but a desk's grain or weave runs all over it, where writing that runs on into a
+        # shadow lies by the lit part: marks much denser next to the sheet than away from it.
+        near = off & ndimage.binary_dilation(sheet, iterations=3 + 2 * k)
+        far = off & ~near
+        if far.sum() < 0.25 * off.sum() or marks[near].mean() > 4 * marks[far].mean():
+            return grey, None
     # Strokes wider than the square (a marker, a close-up) reaching into the dark part: much darker
     # than the rest of it, as a desk's grain is not.
     below = smooth[off] < float(np.median(smooth[off])) - max(0.08, 0.5 * contrast)
@@ -96,7 +103,13 @@ def light_region(s: np.ndarray, smooth: np.ndarray, level: float) -> tuple[np.nd
     labels, n = ndimage.label(light)
     if n == 0:
         return None, 0.0
-    sheet = ndimage.binary_fill_holes(labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:])))
+    sizes = np.bincount(labels.ravel())[1:]
+    sheet = ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
+    # One sheet, the only large light region: the chalk digits of a number on a board are several
+    # of about equal size (and the others read as writing near the largest, as a grained desk's
+    # marks do not).
+    if n > 1 and np.sort(sizes)[-2] > 0.3 * sizes.max():
+        return None, 0.0
     # Paper is most of a sheet; a light digit with its holes filled (a fat 0) is half hole.
     if not 0.05 <= sheet.mean() <= 0.95 or light[sheet].mean() < 0.75:
         return None, 0.0

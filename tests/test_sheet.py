@@ -58,6 +58,29 @@ def test_a_fat_stroke_running_into_the_sheets_edge_leaves_it_a_sheet():
     assert similar(to_mnist(photo), to_mnist(plain)) > 0.85
 
 
+@pytest.mark.parametrize("item", [80, 82, 198])  # dark wood, blue fabric, light wood
+def test_a_sheet_on_a_grained_desk_is_found(item, make_realistic, mnist_test, default_model):
+    # Grain and weave leave marks all over the desk, which read as writing off the sheet; writing
+    # that runs on into a shadow lies next to the lit part instead.
+    from digitnet.sheet import paper_only
+
+    photo, label, _, _ = make_realistic.make_desk(item, 6, *mnist_test, make_realistic.handwriting_fonts())
+    assert paper_only(to_grey(photo))[1] is not None
+    assert default_model.predict(to_mnist(photo)[None]).argmax() == label
+
+
+def test_a_chalk_number_on_a_board_is_not_a_sheet(make_realistic, mnist_test, default_model):
+    # Its largest light region (a fat 9 reaching the photo's edge) has a sheet's shape; the other
+    # digits are light regions of about its size, and a desk holds one sheet.
+    from digitnet.read import read_number
+    from digitnet.sheet import paper_only
+
+    photo, text, _, style = make_realistic.make_number(95, 6, *mnist_test, make_realistic.handwriting_fonts())
+    assert (text, style) == ("6589", "chalk")
+    assert paper_only(to_grey(photo))[1] is None
+    assert read_number(photo, default_model)["text"] == text
+
+
 def test_a_shadow_over_the_digit_is_not_taken_for_a_desk():
     # A hard shadow's edge is as straight as a sheet's, but the dark part holds writing: left alone.
     from digitnet.sheet import paper_only
