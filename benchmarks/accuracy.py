@@ -78,7 +78,7 @@ def holdout_accuracy(run: Path) -> tuple[float, float]:
     import torch
 
     from digitnet.config import TrainConfig
-    from digitnet.ensemble import run_probabilities, trained_mirrored
+    from digitnet.ensemble import PLAIN, run_probabilities, tta_views
     from digitnet.model import load_model
     from digitnet.train import load_splits
 
@@ -88,7 +88,7 @@ def holdout_accuracy(run: Path) -> tuple[float, float]:
         sys.exit(f"{run} was validated on the test set (val_size 0): it has no hold-out to choose on")
     splits = load_splits(TrainConfig(**meta["config"]))
     y = splits.y_val.numpy()
-    plain, tta = (run_probabilities(model, splits.x_val, cpu, tta=t, mirror=trained_mirrored(meta)) for t in (False, True))
+    plain, tta = (run_probabilities(model, splits.x_val, cpu, views) for views in (PLAIN, tta_views(meta)))
     return float((plain.argmax(1).numpy() == y).mean()), float((tta.argmax(1).numpy() == y).mean())
 
 

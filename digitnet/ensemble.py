@@ -2,7 +2,7 @@
 
     digitnet evaluate runs/A runs/B runs/C          # the committee: mean of the three softmaxes
     digitnet evaluate runs/A --tta                  # one run, averaged over small shifts of each image
-                                                    # (and their mirror images, for runs trained with flips)
+                                                    # (mirror images instead, for runs trained with flips)
     digitnet evaluate runs/A runs/B --tta --json    # both
 
 Averaging probabilities (not votes) lets a confident member outvote two unsure ones; it is what
@@ -20,8 +20,10 @@ from digitnet.data import load_split
 from digitnet.errors import DigitnetError
 from digitnet.model import load_model, pick_device, predict_logits, probabilities
 
-# Test-time views: the image itself and one-pixel shifts in the four directions. MNIST digits are
-# centred by mass, so a pixel either way is within the jitter the training data already has.
+# Test-time views, (mirrored, rows down, columns right): the image itself and one-pixel shifts in
+# the four directions. MNIST digits are centred by mass, so a pixel either way is within the jitter
+# the training data already has.
+PLAIN = ((False, 0, 0),)
 TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
 
 
@@ -34,22 +36,23 @@ def shift_images(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return out
 
 
-def run_probabilities(model, x: torch.Tensor, device, tta: bool = False, mirror: bool = False) -> torch.Tensor:
-    """(N, classes) float32 probabilities of one model for uint8 images (N, 28, 28), averaged over views.
-
-    mirror: with tta, each view is also read mirrored left to right."""
-    shifts = TTA_SHIFTS if tta else ((0, 0),)
-    flips = (False, True) if tta and mirror else (False,)
-    probs = [probabilities(predict_logits(model, shift_images(x.flip(-1) if flip else x, dy, dx),
+def run_probabilities(model, x: torch.Tensor, device, views=PLAIN) -> torch.Tensor:
+    """(N, classes) float32 probabilities of one model for uint8 images (N, 28, 28), averaged over views."""
+    probs = [probabilities(predict_logits(model, shift_images(x.flip(-1) if mirrored else x, dy, dx),
                                           device=device)).cpu()
-             for dy, dx in shifts for flip in flips]
+             for mirrored, dy, dx in views]
     return torch.stack(probs).mean(0)
 
 
-def trained_mirrored(meta: dict) -> bool:
-    """True for a run trained on mirrored images too (--augment flip, clothes): mirroring is then a
-    view it knows. Digits are never trained so (a mirrored 2 is no 2)."""
-    return "flip" in str((meta.get("config") or {}).get("augment", "none")).split("+")
+def tta_views(meta: dict) -> tuple[tuple[bool, int, int], ...]:
+    """The views a run knows from its training: its mirror image if it was trained with flips
+    (clothes; a mirrored 2 is no 2), small shifts unless it was trained with flips alone (clothes
+    are not centred by mass, so a shift is new to it: on a Fashion-MNIST hold-out, shifts took
+    94.54% to 94.38% and the mirror to 94.76%)."""
+    parts = str((meta.get("config") or {}).get("augment", "none")).split("+")
+    flips = (False, True) if "flip" in parts else (False,)
+    shifts = TTA_SHIFTS if "flip" not in parts or {"shift", "affine"} & set(parts) else ((0, 0),)
+    return tuple((mirrored, dy, dx) for mirrored in flips for dy, dx in shifts)
 
 
 def ensemble_probabilities(run_dirs: list[str | Path], x: torch.Tensor, device: str = "auto",
@@ -65,7 +68,7 @@ def ensemble_probabilities(run_dirs: list[str | Path], x: torch.Tensor, device: 
                       or meta["dataset"]["name"] != metas[0]["dataset"]["name"]):
             raise DigitnetError(f"{run_dir} was trained on {meta['dataset']['name']!r}, but {run_dirs[0]} on "
                                 f"{metas[0]['dataset']['name']!r}; an ensemble needs runs of one dataset")
-        members.append(run_probabilities(model, x, dev, tta, mirror=trained_mirrored(meta)))
+        members.append(run_probabilities(model, x, dev, tta_views(meta) if tta else PLAIN))
         metas.append(meta)
     return torch.stack(members).mean(0), members, metas
 
@@ -84,8 +87,7 @@ def evaluate_ensemble(run_dirs: list[str | Path], data_dir: str | None = None, d
     result = metrics_from_logits(torch.log(mean.clamp_min(1e-12)), y, metas[0]["class_names"])
     member_acc = [float((p.argmax(1).numpy() == y).mean()) for p in members]
     result.update({"runs": [str(r) for r in run_dirs], "tta": tta,
-                   "tta_shifts": [list(s) for s in (TTA_SHIFTS if tta else ((0, 0),))],
-                   "tta_mirrored": [trained_mirrored(m) and tta for m in metas],
+                   "tta_views": [[list(v) for v in (tta_views(m) if tta else PLAIN)] for m in metas],
                    "member_accuracy": member_acc, "member_mean_accuracy": float(np.mean(member_acc)),
                    "gain_over_mean_member": result["accuracy"] - float(np.mean(member_acc)),
                    "gain_over_best_member": result["accuracy"] - max(member_acc)})
@@ -104,9 +106,8 @@ def format_ensemble(result: dict) -> str:
     """The members, then the ensemble line and its gain, above the usual per-class report."""
     from digitnet.evaluate import format_report
 
-    views = len(result["tta_shifts"])
-    mirrored = " each also mirrored" if any(result.get("tta_mirrored", [])) else ""
-    view = f" with test-time augmentation ({views} shifted views{mirrored})" if result["tta"] else ""
+    counts = sorted({len(v) for v in result["tta_views"]})
+    view = f" with test-time augmentation ({'/'.join(map(str, counts))} views)" if result["tta"] else ""
     lines = [f"ensemble of {len(result['runs'])} run(s){view}:"]
     for run, acc in zip(result["runs"], result["member_accuracy"]):
         lines.append(f"  {acc:.4f}  {run}" + ("  (with TTA)" if result["tta"] else ""))

@@ -112,26 +112,27 @@ def test_ensemble_of_one_run_is_that_run(tiny_run):
     alone = evaluate_ensemble([tiny_run.run_dir, tiny_run.run_dir], limit=300)
     assert alone["accuracy"] == alone["member_accuracy"][0]
     tta = evaluate_ensemble([tiny_run.run_dir], limit=300, tta=True)
-    assert tta["tta"] and len(tta["tta_shifts"]) == 5 and 0.8 < tta["accuracy"] <= 1
+    assert tta["tta"] and len(tta["tta_views"][0]) == 5 and 0.8 < tta["accuracy"] <= 1
 
 
-def test_tta_adds_mirror_images_only_for_runs_trained_with_flips(tiny_run):
-    from digitnet.ensemble import TTA_SHIFTS, run_probabilities, trained_mirrored
+def test_tta_views_follow_the_training_augmentation(tiny_run):
+    from digitnet.ensemble import PLAIN, TTA_SHIFTS, run_probabilities, tta_views
     from digitnet.model import predict_logits, probabilities
 
-    assert trained_mirrored({"config": {"augment": "flip"}})
-    assert trained_mirrored({"config": {"augment": "shift+flip"}})
-    assert not trained_mirrored({"config": {"augment": "affine+ink"}}) and not trained_mirrored({})
-    assert not trained_mirrored(json.loads((tiny_run.run_dir / "model.json").read_text()))
+    shifted = tuple((False, dy, dx) for dy, dx in TTA_SHIFTS)
+    assert tta_views({"config": {"augment": "none"}}) == tta_views({}) == shifted
+    assert tta_views({"config": {"augment": "affine+ink"}}) == shifted
+    assert tta_views({"config": {"augment": "flip"}}) == ((False, 0, 0), (True, 0, 0))  # clothes
+    assert len(tta_views({"config": {"augment": "shift+flip"}})) == 2 * len(TTA_SHIFTS)
     model, _ = load_model(tiny_run.run_dir, torch.device("cpu"))
     x = torch.from_numpy(load_split("mnist", "test")[0][:64])
-    views = [probabilities(predict_logits(model, shift_images(v, dy, dx), device=torch.device("cpu")))
+    cpu = torch.device("cpu")
+    views = [probabilities(predict_logits(model, shift_images(v, dy, dx), device=cpu))
              for v in (x, x.flip(-1)) for dy, dx in TTA_SHIFTS]
-    mirrored = run_probabilities(model, x, torch.device("cpu"), tta=True, mirror=True)
-    assert torch.allclose(mirrored, torch.stack(views).mean(0), atol=1e-6)
-    plain = run_probabilities(model, x, torch.device("cpu"), tta=True)
-    assert torch.allclose(plain, torch.stack(views[:len(TTA_SHIFTS)]).mean(0), atol=1e-6)
-    assert not torch.allclose(plain, mirrored, atol=1e-3)  # the mirror views changed the answer
+    both = tta_views({"config": {"augment": "shift+flip"}})
+    assert torch.allclose(run_probabilities(model, x, cpu, both), torch.stack(views).mean(0), atol=1e-6)
+    assert torch.allclose(run_probabilities(model, x, cpu, shifted), torch.stack(views[:5]).mean(0), atol=1e-6)
+    assert torch.allclose(run_probabilities(model, x, cpu, PLAIN), views[0], atol=1e-6)
 
 
 def test_evaluate_command_with_several_runs(tiny_run, strong_run, capsys):
