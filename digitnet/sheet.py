@@ -19,10 +19,11 @@ def paper_only(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
 
     Otherwise the desk decides everything downstream: a dark ring around a light middle reads as
     light ink on a dark board, and the whole sheet becomes the "digit". The sheet is the largest
-    light region (Otsu on a 256-pixel copy, holes such as the writing filled) if it has a sheet's
-    shape (a quadrilateral, possibly cut by the photo's frame: it fills most of its smallest
-    enclosing rectangle, which a filled chalk 0 or 8 does not, and is no tall bar as a chalk 1 is),
-    the desk is clearly darker and shows no writing, and the sheet does. The desk, with a margin
+    light region (Otsu on a 256-pixel copy, holes such as the writing filled; with a shadow across
+    the sheet, Otsu again on the darker part) if it has a sheet's shape (a quadrilateral, possibly
+    cut by the photo's frame: it fills most of its smallest enclosing rectangle, which a filled
+    chalk 0 or 8 does not, and is no tall bar as a chalk 1 is) and is the only large one, the desk
+    is clearly darker and shows no writing (grain runs all over it), and the sheet does. The desk, with a margin
     for the sheet's shaded rim, takes the paper's mean brightness near the closest point of the
     sheet. Returns (grey, None) when no such sheet is found.
     """
