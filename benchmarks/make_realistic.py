@@ -11,10 +11,12 @@ weak strokes, thick and thin strokes, rotation and shear, off-centre placement, 
 chalk on a board (light on dark), blur, sensor noise and JPEG compression.
 
 Also tight crops of single digits from scans and screens, with no paper or lines around them, and
-photos of a sheet lying on a desk (wood, grey, black, fabric) with the desk in the picture around it.
+photos of a sheet lying on a desk (wood, grey, black, fabric) with the desk in the picture around it,
+and of a number written on a slip lying on a desk.
 
 Written: singles/*.png|jpg with singles.csv (file, label, source, style), numbers/* with numbers.csv
-(file, text, source, style), crops/* with crops.csv and desks/* with desks.csv (as singles.csv).
+(file, text, source, style), crops/* with crops.csv and desks/* with desks.csv (as singles.csv),
+desk-numbers/* with desk-numbers.csv (as numbers.csv).
 Every item has its own seeded generator, so any subset is reproducible.
 """
 from __future__ import annotations
@@ -232,6 +234,12 @@ def make_number(i: int, seed: int, x_test: np.ndarray, y_test: np.ndarray, fonts
     """Number i: (RGB image, digit string, source, style) with 2-6 digits."""
     rng = np.random.default_rng([seed, 2, i])
     style = str(rng.choice(STYLES, p=STYLE_WEIGHTS))
+    return (*number_photo(rng, style, x_test, y_test, fonts), style)
+
+
+def number_photo(rng: np.random.Generator, style: str, x_test: np.ndarray, y_test: np.ndarray,
+                 fonts: list[Path] | None = None):
+    """(photo, digit string, source): 2-6 digits written in one style, MNIST test digits or a font."""
     n = int(rng.integers(2, 7))
     h = int(rng.choice([rng.uniform(24, 60), rng.uniform(60, 160)], p=[0.4, 0.6]))
     if fonts:
@@ -242,7 +250,7 @@ def make_number(i: int, seed: int, x_test: np.ndarray, y_test: np.ndarray, fonts
         ks = rng.integers(0, len(x_test), n)
         text = "".join(str(int(y_test[k])) for k in ks)
         glyph, source = number_glyph([x_test[k] for k in ks], h, rng), "mnist-test:" + "+".join(map(str, ks))
-    return photo(warp(glyph, rng, rotate=5, shear=0.2), rng, style, wide=True), text, source, style
+    return photo(warp(glyph, rng, rotate=5, shear=0.2), rng, style, wide=True), text, source
 
 
 def make_crop(i: int, seed: int, x_test: np.ndarray, y_test: np.ndarray, fonts: list[Path]):
@@ -283,8 +291,23 @@ def make_desk(i: int, seed: int, x_test: np.ndarray, y_test: np.ndarray, fonts: 
     rng = np.random.default_rng([seed, 4, i])
     style = str(rng.choice(STYLES[:-1], p=np.array(STYLE_WEIGHTS[:-1]) / sum(STYLE_WEIGHTS[:-1])))
     glyph, label, source = single_glyph(int(rng.uniform(40, 200)), rng, x_test, y_test, fonts if i % 2 else None)
-    sheet = photo(warp(glyph, rng), rng, style).convert("RGBA")
-    sheet = sheet.rotate(float(rng.uniform(-12, 12)), resample=Image.BICUBIC, expand=True)
+    im, desk_name = on_desk(photo(warp(glyph, rng), rng, style), rng)
+    return im, label, source, f"{style} on {desk_name}"
+
+
+def make_desk_number(i: int, seed: int, x_test: np.ndarray, y_test: np.ndarray, fonts: list[Path]):
+    """Desk number i: (image, digit string, source, style), a number on a slip lying on a desk, as
+    make_desk lays a single digit. Even i MNIST test digits, odd i fonts."""
+    rng = np.random.default_rng([seed, 5, i])
+    style = str(rng.choice(STYLES[:-1], p=np.array(STYLE_WEIGHTS[:-1]) / sum(STYLE_WEIGHTS[:-1])))
+    sheet, text, source = number_photo(rng, style, x_test, y_test, fonts if i % 2 else None)
+    im, desk_name = on_desk(sheet, rng)
+    return im, text, source, f"{style} on {desk_name}"
+
+
+def on_desk(sheet: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, str]:
+    """(photo, desk name): the sheet turned a little, lying anywhere on a grained desk, photographed."""
+    sheet = sheet.convert("RGBA").rotate(float(rng.uniform(-12, 12)), resample=Image.BICUBIC, expand=True)
     desk_name = str(rng.choice(list(DESKS)))
     scale = rng.uniform(1.25, 2.2)
     W, H = int(sheet.width * scale * rng.uniform(0.9, 1.2)), int(sheet.height * scale)
@@ -302,7 +325,7 @@ def make_desk(i: int, seed: int, x_test: np.ndarray, y_test: np.ndarray, fonts: 
     img = np.asarray(canvas, dtype=np.float32) / 255
     img = ndimage.gaussian_filter(img, (rng.uniform(0.3, 1.2), rng.uniform(0.3, 1.2), 0))
     img += rng.normal(0, rng.uniform(0.005, 0.02), img.shape)
-    return Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8), "RGB"), label, source, f"{style} on {desk_name}"
+    return Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8), "RGB"), desk_name
 
 
 def save(im: Image.Image, path_stem: Path, rng_bit: int) -> str:
@@ -331,6 +354,7 @@ def main(argv=None) -> None:
     p.add_argument("--numbers", type=int, default=400, help="photos of numbers (half MNIST, half fonts)")
     p.add_argument("--crops", type=int, default=400, help="tight crops from scans and screens (half fonts)")
     p.add_argument("--desks", type=int, default=200, help="photos of a sheet on a desk (half fonts)")
+    p.add_argument("--desk-numbers", type=int, default=100, help="photos of a number on a slip on a desk (half fonts)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -345,8 +369,10 @@ def main(argv=None) -> None:
                                        for i in range(args.numbers)))
     write_set(out, "crops", "label", (make_crop(i, args.seed, x_test, y_test, fonts) for i in range(args.crops)))
     write_set(out, "desks", "label", (make_desk(i, args.seed, x_test, y_test, fonts) for i in range(args.desks)))
-    print(f"wrote {args.singles + args.fonts} singles, {args.numbers} numbers, {args.crops} crops and "
-          f"{args.desks} desk photos to {out}")
+    write_set(out, "desk-numbers", "text", (make_desk_number(i, args.seed, x_test, y_test, fonts)
+                                            for i in range(args.desk_numbers)))
+    print(f"wrote {args.singles + args.fonts} singles, {args.numbers} numbers, {args.crops} crops, "
+          f"{args.desks} desk photos and {args.desk_numbers} numbers on desks to {out}")
 
 
 if __name__ == "__main__":

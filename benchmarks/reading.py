@@ -210,25 +210,29 @@ def main(argv=None) -> None:
         from digitnet.read import read_number
     except ImportError:
         read_number = None
-    numbers = list(csv.DictReader(open(data / "numbers.csv")))[:args.limit or None]
-    if numbers:
+    for name, folder in (("numbers (exact)", "numbers"), ("desk numbers (exact)", "desk-numbers")):
+        if not (data / f"{folder}.csv").exists():  # desk-numbers: written since 2026-11-30
+            continue
+        numbers = list(csv.DictReader(open(data / f"{folder}.csv")))[:args.limit or None]
+        if not numbers:
+            continue
         exact = {"naive": [], "digitnet": []}
         for r in numbers:
-            im = load_image(data / "numbers" / r["file"])
+            im = load_image(data / folder / r["file"])
             exact["naive"].append(naive_number(im, classifier) == r["text"])
             if read_number is not None:
                 try:
                     exact["digitnet"].append(read_number(im, classifier)["text"] == r["text"])
                 except DigitnetError:
                     exact["digitnet"].append(False)
-        results["numbers (exact)"] = {m: {"accuracy": float(np.mean(v)), "n": len(v)} for m, v in exact.items() if v}
+        results[name] = {m: {"accuracy": float(np.mean(v)), "n": len(v)} for m, v in exact.items() if v}
 
-    print(f"{'set':<18}{'n':>6}{'naive':>10}{'simple':>10}{'digitnet':>10}{'target':>9}")
+    print(f"{'set':<22}{'n':>6}{'naive':>10}{'simple':>10}{'digitnet':>10}{'target':>9}")
     for name, res in results.items():
         cells = "".join(f"{100 * res[m]['accuracy']:>9.1f}%" if m in res else f"{'-':>10}" for m in METHODS)
         n = max(res[m]["n"] for m in METHODS if m in res)
         target = f"{100 * TARGETS[name]:>8.0f}%" if name in TARGETS else f"{'-':>9}"
-        print(f"{name:<18}{n:>6}{cells}{target}")
+        print(f"{name:<22}{n:>6}{cells}{target}")
     for name in ("mnist photos", "font photos", "tight crops", "desk photos"):
         if name not in results:
             continue

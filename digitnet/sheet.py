@@ -7,6 +7,8 @@ otherwise reads as a board with light ink on it.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
@@ -27,7 +29,9 @@ def paper_only(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     for the sheet's shaded rim, takes the paper's mean brightness near the closest point of the
     sheet. Returns (grey, None) when no such sheet is found.
     """
-    s = small_copy(grey, 256)
+    # A 256-pixel copy, at least 96 pixels across its short side: a slip with a number on it is
+    # photographed wide, and its copy would be too thin to find the slip in.
+    s = small_copy(grey, max(256, min(max(grey.shape), math.ceil(96 * max(grey.shape) / min(grey.shape)))))
     if min(s.shape) < 96:  # a tight crop or a small digit image, not a photo of a desk
         return grey, None
     smooth = ndimage.gaussian_filter(s, 1.0)

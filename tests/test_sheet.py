@@ -146,3 +146,7 @@ def test_a_number_on_a_slip_of_paper_on_a_desk_is_read():
     photo = on_desk(slip, 40, 4.0, (90, 120), size=(640, 400))
     assert paper_only(to_grey(photo))[1] is not None
     assert read_number(photo, digitnet.load(None))["text"] == "777"
+    # Photographed as wide as the slip (its 256-pixel copy was 67 pixels tall, too thin to search).
+    wide = on_desk(slip, 40, 2.0, (300, 50), size=(1000, 260))
+    assert paper_only(to_grey(wide))[1] is not None
+    assert read_number(wide, digitnet.load(None))["text"] == "777"
