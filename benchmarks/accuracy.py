@@ -88,13 +88,15 @@ def holdout_accuracy(run: Path) -> tuple[float, float]:
         sys.exit(f"{run} was validated on the test set (val_size 0): it has no hold-out to choose on")
     splits = load_splits(TrainConfig(**meta["config"]))
     y = splits.y_val.numpy()
-    plain, tta = (run_probabilities(model, splits.x_val, cpu, views) for views in (PLAIN, tta_views(meta)))
+    plain, tta = (run_probabilities(model, splits.x_val, cpu, views)
+                  for views in (PLAIN, tta_views(meta)))
     return float((plain.argmax(1).numpy() == y).mean()), float((tta.argmax(1).numpy() == y).mean())
 
 
 def holdout(out: Path, group: str) -> None:
     """Print each run's hold-out accuracy with and without test-time augmentation."""
-    rows = [(run.name, *holdout_accuracy(run)) for run in sorted(p.parent for p in out.glob(f"{group}-s*/model.json"))]
+    runs = sorted(p.parent for p in out.glob(f"{group}-s*/model.json"))
+    rows = [(run.name, *holdout_accuracy(run)) for run in runs]
     for name, plain, tta in rows:
         print(f"{name}: hold-out {plain:.2%}, with TTA {tta:.2%}")
     if rows:
