@@ -115,8 +115,9 @@ def light_region(s: np.ndarray, smooth: np.ndarray, level: float) -> tuple[np.nd
     # marks do not).
     if n > 1 and np.sort(sizes)[-2] > 0.3 * sizes.max():
         return None, 0.0
-    # Paper is most of a sheet; a light digit with its holes filled (a fat 0) is half hole.
-    if not 0.05 <= sheet.mean() <= 0.95 or light[sheet].mean() < 0.75:
+    # Paper is most of a sheet (bold writing covers up to a quarter of a slip); a light digit with
+    # its holes filled (a fat 0) is half hole.
+    if not 0.05 <= sheet.mean() <= 0.95 or light[sheet].mean() < 0.7:
         return None, 0.0
     contrast = float(np.median(s[sheet]) - np.median(s[~sheet]))
     # A sheet is a quadrilateral (cut by the frame at most), not a tall thin bar as a chalk 1 is; a
