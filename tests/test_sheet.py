@@ -69,6 +69,17 @@ def test_a_sheet_on_a_grained_desk_is_found(item, make_realistic, mnist_test, de
     assert default_model.predict(to_mnist(photo)[None]).argmax() == label
 
 
+def test_a_slip_with_bold_writing_is_a_sheet(make_realistic, mnist_test, default_model):
+    # "2603" in a bold font covers over a quarter of its slip: paper is still most of it.
+    from digitnet.read import read_number
+    from digitnet.sheet import paper_only
+
+    photo, text, _, _ = make_realistic.make_desk_number(51, 8, *mnist_test, make_realistic.handwriting_fonts())
+    assert text == "2603"
+    assert paper_only(to_grey(photo))[1] is not None
+    assert read_number(photo, default_model)["text"] == text
+
+
 def test_a_chalk_number_on_a_board_is_not_a_sheet(make_realistic, mnist_test, default_model):
     # Its largest light region (a fat 9 reaching the photo's edge) has a sheet's shape; the other
     # digits are light regions of about its size, and a desk holds one sheet.
