@@ -200,6 +200,10 @@ def cmd_train(args) -> int:
     run = digitnet.train(recipe=args.recipe, log=log, plots=not args.no_plots, resume=args.resume, **settings)
     if log == "bar" and "test_accuracy" in run.metrics:
         print(f"test accuracy {run.metrics['test_accuracy']:.4f}; plots in {run.run_dir / 'plots'}")
+    from digitnet import distributed
+
+    if distributed.from_env().enabled:  # a torchrun worker, finished together with every other rank
+        distributed.leave_worker()
     return 0
 
 

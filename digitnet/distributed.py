@@ -103,6 +103,18 @@ def wait_for_all(dist: Dist, timeout_s: float = 60.0) -> None:
         time.sleep(0.01)
 
 
+def leave_worker() -> None:
+    """End a torchrun worker process now: its run is saved and every rank is past wait_for_all.
+
+    The interpreter's exit, destroying gloo's threads, still aborted a rank now and then after a
+    finished run ("terminate called without an active exception": 1 of about 6 two-process runs of
+    the test suite on this 2-core machine, the run directory complete), and the launcher then
+    reported a failure. Nothing is left to do, so the process ends without those destructors."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def teardown(dist: Dist) -> None:
     # After success, train() waits for all ranks first: a rank that tore down while rank 0 was still
     # writing files was seen to abort under gloo. Not on errors: a failing rank must exit, so that
