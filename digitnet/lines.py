@@ -8,12 +8,36 @@ preprocess.ink_map calls remove_lines after the paper and its light are divided 
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
 from digitnet.images import small_copy
 
 
+# Line finding needs pixels: a line must stand out of its neighbours' profile. Smaller ink maps
+# (a small crop of a squared page) are searched on an enlarged copy.
+MIN_SIDE = 48
+SEARCH_SIDE = 96
+
+
 def remove_lines(ink: np.ndarray) -> np.ndarray:
+    """`find_and_remove` on the ink map, or for a small one on an enlarged copy: what that removed,
+    reduced back, is taken from the original, so a map without lines comes back untouched."""
+    h, w = ink.shape
+    if min(h, w) >= MIN_SIDE:
+        return find_and_remove(ink)
+    if min(h, w) < 8:
+        return ink
+    f = int(np.ceil(SEARCH_SIDE / min(h, w)))
+    big = np.asarray(Image.fromarray(ink, "F").resize((w * f, h * f), Image.BICUBIC), dtype=np.float32).clip(0, 1)
+    removed = big - find_and_remove(big)
+    if not removed.any():
+        return ink
+    back = np.asarray(Image.fromarray(removed, "F").resize((w, h), Image.BOX), dtype=np.float32)
+    return np.clip(ink - back, 0, 1).astype(np.float32)
+
+
+def find_and_remove(ink: np.ndarray) -> np.ndarray:
     """Subtract ruled or squared notebook lines: thin straight ink running across most of the image.
 
     The page may be rotated, so the lines' angle is found first (the one giving the sharpest row

@@ -106,8 +106,7 @@ def ink_map(image) -> np.ndarray:
     if sheet is not None:
         ink = np.where(sheet, ink, 0).astype(np.float32)
         page = ndimage.find_objects(sheet.astype(np.int8))[0]  # ruled lines end at the sheet's edges
-    if min(ink[page].shape) >= 48:
-        ink[page] = remove_lines(ink[page])
+    ink[page] = remove_lines(ink[page])
     return normalise(ink, sheet)
 
 

@@ -118,6 +118,23 @@ def test_ruled_and_squared_lines_are_removed():
         assert similar(to_mnist(im), clean) > 0.8  # 0.32 for the squared page without line removal
 
 
+def test_lines_are_removed_from_a_small_photo():
+    """A 40-pixel photo of a digit on squared paper: too small to find lines in, so they are found
+    on an enlarged copy, and only what was found there is taken from the original."""
+    def small(grid: bool) -> Image.Image:
+        im = seven(size=(240, 260), width=14)
+        if grid:
+            draw = ImageDraw.Draw(im)
+            for k in range(4, 260, 40):
+                draw.line([(0, k), (240, k + 6)], fill=160, width=6)
+                draw.line([(k, 0), (k - 6, 260)], fill=160, width=6)
+            ImageDraw.Draw(im).line([(30, 30), (90, 34), (52, 118)], fill=30, width=14, joint="curve")
+        return im.resize((40, 43), Image.LANCZOS)
+
+    assert ink_map(small(True))[24:].max() < 0.2, "grid left below the digit"  # 1.0 before
+    assert similar(to_mnist(small(True)), to_mnist(small(False))) > 0.8  # 0.30 before
+
+
 def test_two_fine_lines_across_a_digit_are_still_lines():
     # Two lines are too few to call the page ruled. They are lines because they are finer than the
     # pen, even though the digit ends near the photo's edge, so they barely run on past it there.
