@@ -97,7 +97,8 @@ def ink_map(image) -> np.ndarray:
     scale boxes by image size / ink size to map back.
     """
     grey, sheet = paper_only(small_copy(to_grey(image), WORK_SIDE))
-    if not dark_ink(grey):
+    # A sheet found on a desk is light paper with dark writing (the finder looks for just that).
+    if sheet is None and not dark_ink(grey):
         grey = 1 - grey  # chalk on a board: make it dark ink on light, one path for both
     bg = background(grey)
     ink = darkness(grey, bg)

@@ -69,6 +69,20 @@ def test_a_sheet_on_a_grained_desk_is_found(item, make_realistic, mnist_test, de
     assert default_model.predict(to_mnist(photo)[None]).argmax() == label
 
 
+@pytest.mark.parametrize("item", [7, 41, 57])  # a shadow across the sheet; pencil; marker
+def test_a_found_sheet_holds_dark_writing(item, make_realistic, mnist_test, default_model):
+    # With the desk painted over, the polarity test can still lean to light ink (a shadow across the
+    # sheet splits the ring), and the paper became the "digit". The finder looks for light paper
+    # with dark writing, so a found sheet settles the polarity.
+    from digitnet.preprocess import dark_ink
+    from digitnet.sheet import paper_only
+
+    photo, label, _, _ = make_realistic.make_desk(item, 6, *mnist_test, make_realistic.handwriting_fonts())
+    grey, sheet = paper_only(to_grey(photo))
+    assert sheet is not None and not dark_ink(grey)  # the case this is about
+    assert default_model.predict(to_mnist(photo)[None]).argmax() == label
+
+
 def test_a_slip_with_bold_writing_is_a_sheet(make_realistic, mnist_test, default_model):
     # "2603" in a bold font covers over a quarter of its slip: paper is still most of it.
     from digitnet.read import read_number
