@@ -121,8 +121,11 @@ def find_digits(ink: np.ndarray, score: Score | None = None) -> list[Piece]:
                 if any(tall):
                     values = [v if t else -math.inf for v, t in zip(values, tall)]
                 # The network reads half of a wide 3 or 8 as a digit with high confidence, while
-                # touching digits are rarer than wide ones: each extra digit must earn its place.
-                values = [v - SPLIT_COST * (len(cut) - 1) for v, cut in zip(values, o)]
+                # touching digits are rarer than wide ones: each extra digit must earn its place,
+                # beyond the count the width rule gave (o[0]): a group twice a digit's width is two
+                # touching digits, though the network may read "17" as a 7 as surely as 1 and 7.
+                guess = max(1, len(o[0]))
+                values = [v - SPLIT_COST * max(0, len(cut) - guess) for v, cut in zip(values, o)]
                 options[k] = [o[int(np.argmax(values))]]
     # A cut can leave a flat end of a ruled line that ran through a digit: not a digit either.
     pieces = [p for o in options for p in o[0] if p.box[3] - p.box[1] >= FLAT * height]

@@ -69,6 +69,21 @@ def test_a_wide_digit_read_well_whole_is_not_cut():
     assert len(find_digits(ink, a_little_surer_of_halves)) == 3
 
 
+def test_two_touching_digits_as_wide_as_two_pay_no_cost_for_the_second():
+    """A group twice the number's digit width is two touching digits by the width rule; the network
+    may read the pair whole as one digit ("17" as a 7) fairly surely, but reads the two halves better."""
+    ink = np.zeros((80, 200), np.float32)
+    for left, width in ((10, 36), (55, 36), (100, 72)):  # two digits alone, then two that touch
+        ink[10:70, left:left + width] = 1.0
+        for inner in range(left, left + width, 36):
+            ink[16:64, inner + 6:inner + 30] = 0.0
+
+    def surer_of_halves(crops):
+        return [0.99 if c.shape[1] < 50 else 0.97 for c in crops]
+
+    assert len(find_digits(ink, surer_of_halves)) == 4  # 3 when the width rule's cut paid SPLIT_COST
+
+
 def test_a_faint_1_beside_a_digit_is_not_joined_into_it():
     """A faint pencil 1 close to a 4 reads less surely alone (0.83) than the pair read as one 4
     (0.94): a small gain, where a 0 broken in two gains far more (0.31, in test_read.py)."""
