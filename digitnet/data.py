@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from digitnet.errors import DigitnetError
-from digitnet.files import atomic_write_bytes
+from digitnet.files import atomic_write_bytes, publish
 
 # IDX type codes -> big-endian NumPy dtypes (from the format's definition on LeCun's MNIST page).
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -317,6 +317,6 @@ def _fetch_verified(url: str, target: Path, sha: str, progress: bool, timeout: f
             out.flush()
             os.fsync(out.fileno())
         read_idx(tmp, sha)  # raises on a corrupt, truncated or wrong file
-        os.replace(tmp, target)
+        publish(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

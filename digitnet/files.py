@@ -9,6 +9,18 @@ from pathlib import Path
 
 from digitnet.errors import DigitnetError
 
+# mkstemp makes files only their owner can read; an artefact gets the mode a plain open() would give
+# it (0666 less the umask), so a model written by one user can be served or shared by another.
+# Read once at import: os.umask can only be read by setting it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def publish(tmp: str | Path, path: str | Path) -> None:
+    """Give a finished temp file the usual mode and rename it onto `path` (atomic on one filesystem)."""
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.replace(tmp, path)
+
 
 def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
     """Write to a temp file beside the target, fsync, then rename: readers never see half a file."""
@@ -20,7 +32,7 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

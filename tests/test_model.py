@@ -85,3 +85,19 @@ def test_load_missing_or_bad_json(tmp_path):
     (tmp_path / "model.json").write_text("{not json")
     with pytest.raises(DigitnetError, match="not valid JSON"):
         load_model(tmp_path)
+
+
+def test_artefacts_get_the_usual_file_mode(tmp_path):
+    """Atomic writes go through mkstemp (owner-only, 0600): the finished file gets what open() would
+    give it, so a model saved by one user can be served by another."""
+    import os
+
+    from digitnet.files import atomic_write_bytes
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    atomic_write_bytes(tmp_path / "a.bin", b"x")
+    save_model(tmp_path / "run", build_model("seed"), {"architecture": {"name": "seed", "num_classes": 10}})
+    for path in (tmp_path / "a.bin", tmp_path / "run" / "model.safetensors", tmp_path / "run" / "model.json"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
