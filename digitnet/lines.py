@@ -147,23 +147,34 @@ def beyond_writing(rot: np.ndarray, sets: list, side: int) -> np.ndarray:
 
 
 def merge(sets: list, pieces: list, chosen: list[int]) -> np.ndarray:
-    """One map of the chosen lines (a whole set at once when all of its lines are chosen)."""
+    """One map of the chosen lines (a whole set at once when all of its lines are chosen).
+
+    Where the two sets of squared paper cross, the printed lines lie one over the other and each
+    lets through its share of the light: the crossing is darker than either line (1 - (1-a)(1-b)),
+    and taking out only the stronger left a dot at every crossing, a lattice the network reads
+    as strokes.
+    """
     found = np.zeros_like(sets[0][1])
     for axis, lines in sets:
         mine = [k for k in range(len(pieces)) if pieces[k][1] == axis]
         if all(k in chosen for k in mine):
-            found = np.maximum(found, lines)  # the whole set, its faintest fringes included
+            found = 1 - (1 - found) * (1 - lines)  # the whole set, its faintest fringes included
             continue
+        region = np.zeros(found.shape, bool)
         for k in set(mine) & set(chosen):
-            found = np.where(pieces[k][3], np.maximum(found, lines), found)
-    return found
+            region |= pieces[k][3]
+        found = np.where(region, 1 - (1 - found) * (1 - lines), found)
+    return found.astype(np.float32)
 
 
 def subtract(ink: np.ndarray, found: np.ndarray) -> np.ndarray:
     """The ink without the lines: a pixel up to 1.5x the line's strength is line and goes; a stronger
-    one is ink crossing the line and keeps what exceeds it."""
+    one is ink crossing the line and keeps what the line did not darken. Darkness is 1 - the light
+    let through, and layers of ink multiply the light: a stroke over a line is 1 - (1-s)(1-a), so
+    its own darkness s is (ink - a) / (1 - a), more than ink - a."""
     on_line = (found > 0.02) & (ink <= 1.5 * found)
-    return np.where(on_line, 0, np.clip(ink - found, 0, 1)).astype(np.float32)
+    own = (ink - found) / np.maximum(1 - found, 1e-3)
+    return np.where(on_line, 0, np.clip(own, 0, 1)).astype(np.float32)
 
 
 def opening1d(a: np.ndarray, run: int, axis: int) -> np.ndarray:
