@@ -5,7 +5,8 @@ A photo of a digit is turned into what MNIST was made of, in three steps:
     load_image(path or bytes)   safe opening (digitnet/images.py): bad files, bombs, animations refused
     ink_map(image)              float32 (H, W) in [0, 1], white ink on black: a sheet on a desk
                                 found (digitnet/sheet.py), polarity decided, background and uneven
-                                light divided out, ruled lines removed (digitnet/lines.py)
+                                light divided out, ruled lines removed (digitnet/lines.py), then
+                                paper noise, specks and edges left out (digitnet/clean.py)
     ink_to_mnist(ink)           uint8 (28, 28): crop to the ink, fit 20x20 keeping the aspect ratio,
                                 anti-aliased, centred by centre of mass (as MNIST was made)
 
@@ -19,6 +20,7 @@ from PIL import Image
 from scipy import ndimage
 
 from digitnet.errors import DigitnetError
+from digitnet.clean import INK_LEVEL, normalise
 from digitnet.images import small_copy
 from digitnet.lines import remove_lines
 from digitnet.sheet import otsu_level, paper_only
@@ -26,8 +28,6 @@ from digitnet.sheet import otsu_level, paper_only
 # Larger images are reduced to this longest side before any analysis: digits need far fewer pixels,
 # and it bounds time and memory per image.
 WORK_SIDE = 1200
-# Pixel classes of an ink map (values in [0, 1]).
-INK_LEVEL = 0.2  # above this a pixel counts as ink when cropping and finding components
 MNIST_BOX = 20  # MNIST digits fit a 20x20 box ...
 MNIST_CENTRE = 14.0  # ... whose centre of mass sits at (14, 14): the MNIST test set's mean is 13.99, 14.01
 
@@ -212,96 +212,6 @@ def background(grey: np.ndarray) -> np.ndarray:
     # Smoothing softens a hard shadow edge by a pixel, which would leave a thin line of "ink" along
     # it; the closing of the raw image keeps the edge, so take the lower of the two.
     return np.minimum(bg, ndimage.minimum_filter(ndimage.maximum_filter(grey, size=k), size=k))
-
-
-def normalise(ink: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
-    """Soft threshold above the paper's noise, stretch so strong ink reaches 1; drop specks and borders.
-
-    `region` (bool, ink's shape) limits the paper statistics to the sheet when a desk was painted over.
-    """
-    if min(ink.shape) >= 64:
-        # Photos: paper grain is clumpy and one-sided, so smooth a little, then median and MAD.
-        ink = ndimage.gaussian_filter(ink, 0.7)
-    paper = ink[region] if region is not None and region.sum() >= 64 else ink.ravel()
-    if min(ink.shape) >= 64:
-        base = float(np.median(paper))
-        sigma = 1.4826 * float(np.median(np.abs(paper - base)))
-    if min(ink.shape) < 64 or base > 0.25:
-        # Small, often tightly cropped images, and fat strokes filling a crop: ink may cover half of
-        # them or more, so the paper level and its noise come from the darker pixels only.
-        base = float(np.percentile(paper, 30))
-        below = paper[paper <= base]
-        sigma = 1.4826 * float(np.median(base - below)) if below.size else 0.0
-    strong = ink[ink > base + max(4 * sigma, 0.05)]
-    if strong.size == 0:
-        return np.zeros_like(ink, dtype=np.float32)
-    peak = float(np.percentile(strong, 90))
-    low = base + max(4 * sigma, 0.06 * (peak - base))
-    ink = np.clip((ink - low) / max(peak - low, 1e-6), 0, 1).astype(np.float32)
-    return drop_specks_and_borders(ink)
-
-
-def drop_specks_and_borders(ink: np.ndarray) -> np.ndarray:
-    """Zero tiny components, and bands along an image edge (a paper edge, the table, a frame)."""
-    labels, n = ndimage.label(ink > INK_LEVEL, structure=np.ones((3, 3)))
-    if n == 0:
-        return np.zeros_like(ink)
-    index = np.arange(1, n + 1)
-    areas = np.bincount(labels.ravel(), minlength=n + 1)
-    keep = areas >= max(3, 0.02 * areas[1:].max())  # paper grain and dust, not a broken stroke
-    h, w = ink.shape
-    cy, cx = np.array(ndimage.center_of_mass(np.ones_like(ink), labels, index)).reshape(-1, 2).T
-    # A band covers half an edge and has its centre of mass near it; a tightly cropped digit that
-    # touches the edge has its centre further in.
-    sides = ((labels[0], w, cy < 0.2 * h), (labels[-1], w, cy > 0.8 * h),
-             (labels[:, 0], h, cx < 0.2 * w), (labels[:, -1], h, cx > 0.8 * w))
-    for edge, length, near in sides:
-        along = np.bincount(edge, minlength=n + 1)[1:]
-        keep[1:] &= ~((along > 0.5 * length) & near)
-    if min(h, w) >= 64:
-        # In a photo, a piece lying wholly in a thin strip along an edge is the paper's edge or the end
-        # of a ruled line that leaves the picture at a slant (too short inside it to be found as a line).
-        strip = max(2, round(0.02 * min(h, w)))
-        boxes = ndimage.find_objects(labels)
-        for i, (ys, xs) in enumerate(boxes, start=1):
-            if ys.stop <= strip or ys.start >= h - strip or xs.stop <= strip or xs.start >= w - strip:
-                keep[i] = False
-    keep[1:] &= ~printed_boxes(labels, areas)
-    keep[0] = True  # background pixels below INK_LEVEL keep their faint anti-aliased values ...
-    mask = keep[labels]
-    # ... unless they only fringe a dropped component.
-    dropped = ndimage.binary_dilation(~mask & (labels > 0), iterations=2)
-    return np.where(mask & ~(dropped & (labels == 0)), ink, 0).astype(np.float32)
-
-
-def printed_boxes(labels: np.ndarray, areas: np.ndarray) -> np.ndarray:
-    """Which components (bool per label 1..n) are a box drawn around other ink: a form's field.
-
-    A box's ink lies in a thin band along its own bounding rectangle, on three sides or four,
-    and it holds a substantial piece of other ink (the digit). A written 0 is round, so much of its
-    ink lies inside that band's inner edge, and it holds nothing but, at most, a dot.
-    """
-    found = np.zeros(len(areas) - 1, bool)
-    for i, (ys, xs) in enumerate(ndimage.find_objects(labels), start=1):
-        h, w = ys.stop - ys.start, xs.stop - xs.start
-        if min(h, w) < 12:
-            continue
-        own = labels[ys, xs] == i
-        band = max(2, round(0.08 * min(h, w)))
-        if own[band:-band, band:-band].sum() > 0.1 * areas[i]:
-            continue
-        covered = [own[:band].any(0).mean(), own[-band:].any(0).mean(), own[:, :band].any(1).mean(),
-                   own[:, -band:].any(1).mean()]
-        if sum(c > 0.6 for c in covered) < 3:
-            continue
-        inside = np.unique(labels[ys, xs][band:-band, band:-band])
-        inside = inside[(inside != 0) & (inside != i)]
-        found[i - 1] = bool(inside.size) and areas[inside].sum() >= 0.2 * areas[i]
-    return found
-
-
-# ---------------------------------------------------------------------------------------------
-# Ink map -> MNIST
 
 
 def ink_to_mnist(ink: np.ndarray) -> np.ndarray:

@@ -1,0 +1,138 @@
+"""Cleaning an ink map: what is writing, and what is the paper's noise, dust, edges or a printed box.
+
+    normalise(ink) -> ink     soft threshold above the paper's noise, strong ink stretched to 1,
+                              faint strokes grown back from what was found, specks and borders dropped
+
+preprocess.ink_map calls it last, after lines.remove_lines.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+# Pixel classes of an ink map (values in [0, 1]).
+INK_LEVEL = 0.2  # above this a pixel counts as ink when cropping and finding components
+
+
+def normalise(ink: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
+    """Soft threshold above the paper's noise, stretch so strong ink reaches 1; drop specks and borders.
+
+    `region` (bool, ink's shape) limits the paper statistics to the sheet when a desk was painted over.
+    """
+    raw = ink
+    if min(ink.shape) >= 64:
+        # Photos: paper grain is clumpy and one-sided, so smooth a little, then median and MAD.
+        ink = ndimage.gaussian_filter(ink, 0.7)
+    paper = ink[region] if region is not None and region.sum() >= 64 else ink.ravel()
+    if min(ink.shape) >= 64:
+        base = float(np.median(paper))
+        sigma = 1.4826 * float(np.median(np.abs(paper - base)))
+    if min(ink.shape) < 64 or base > 0.25:
+        # Small, often tightly cropped images, and fat strokes filling a crop: ink may cover half of
+        # them or more, so the paper level and its noise come from the darker pixels only.
+        base = float(np.percentile(paper, 30))
+        below = paper[paper <= base]
+        sigma = 1.4826 * float(np.median(base - below)) if below.size else 0.0
+    strong = ink[ink > base + max(4 * sigma, 0.05)]
+    if strong.size == 0:
+        return np.zeros_like(ink, dtype=np.float32)
+    peak = float(np.percentile(strong, 90))
+    low = base + max(4 * sigma, 0.06 * (peak - base))
+    out = np.clip((ink - low) / max(peak - low, 1e-6), 0, 1).astype(np.float32)
+    out = drop_specks_and_borders(out)
+    if min(ink.shape) >= 64:
+        out = drop_specks_and_borders(grow_faint_strokes(raw, ink, out, (base, sigma, peak), region))
+    return out
+
+
+def grow_faint_strokes(raw: np.ndarray, smooth: np.ndarray, out: np.ndarray, levels: tuple[float, float, float],
+                       region: np.ndarray | None) -> np.ndarray:
+    """Give back the rest of strokes of which the noise threshold kept only the strongest specks.
+
+    Faint pencil in a noisy photo lies within a few sigma of the paper pixel by pixel, but a stroke
+    is wide and the noise is not: smoothed more, the stroke stands clear. Where the smoothed map is
+    above its own noise and touches ink already found (hysteresis, as edge detectors do), the
+    stroke is kept at its own strength. `smooth` is the lightly smoothed map normalise thresholds,
+    `levels` its paper level, noise sigma and strong-ink level.
+    """
+    base, sigma, peak = levels
+    coarse = ndimage.gaussian_filter(raw, 2.0)
+    paper = coarse[region] if region is not None and region.sum() >= 64 else coarse.ravel()
+    cbase = float(np.median(paper))
+    csigma = 1.4826 * float(np.median(np.abs(paper - cbase)))
+    support = coarse > cbase + max(4 * csigma, 0.02)
+    labels, n = ndimage.label(support, structure=np.ones((3, 3)))
+    if n == 0:
+        return out
+    seeded = set(np.unique(labels[(out > 0.5) & support]).tolist()) - {0}
+    # Shadows' edges and the ends of lines run off the photo; a faint stroke lies within it.
+    seeded -= set(np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])).tolist())
+    if not seeded:
+        return out
+    # Two thresholds: 4 sigma to be found on its own, 2 sigma when joined to what was found.
+    grown = np.isin(labels, sorted(seeded)) & (smooth > base + 2 * sigma)
+    fine = np.clip((smooth - base) / max(peak - base, 1e-6), 0, 1)
+    return np.where(grown, np.maximum(out, fine), out).astype(np.float32)
+
+
+def drop_specks_and_borders(ink: np.ndarray) -> np.ndarray:
+    """Zero tiny components, and bands along an image edge (a paper edge, the table, a frame)."""
+    labels, n = ndimage.label(ink > INK_LEVEL, structure=np.ones((3, 3)))
+    if n == 0:
+        return np.zeros_like(ink)
+    index = np.arange(1, n + 1)
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = areas >= max(3, 0.02 * areas[1:].max())  # paper grain and dust, not a broken stroke
+    h, w = ink.shape
+    cy, cx = np.array(ndimage.center_of_mass(np.ones_like(ink), labels, index)).reshape(-1, 2).T
+    # A band covers half an edge and has its centre of mass near it; a tightly cropped digit that
+    # touches the edge has its centre further in.
+    sides = ((labels[0], w, cy < 0.2 * h), (labels[-1], w, cy > 0.8 * h),
+             (labels[:, 0], h, cx < 0.2 * w), (labels[:, -1], h, cx > 0.8 * w))
+    for edge, length, near in sides:
+        along = np.bincount(edge, minlength=n + 1)[1:]
+        keep[1:] &= ~((along > 0.5 * length) & near)
+    if min(h, w) >= 64:
+        # In a photo, a piece lying wholly in a thin strip along an edge is the paper's edge or the end
+        # of a ruled line that leaves the picture at a slant (too short inside it to be found as a line).
+        strip = max(2, round(0.02 * min(h, w)))
+        boxes = ndimage.find_objects(labels)
+        for i, (ys, xs) in enumerate(boxes, start=1):
+            if ys.stop <= strip or ys.start >= h - strip or xs.stop <= strip or xs.start >= w - strip:
+                keep[i] = False
+    keep[1:] &= ~printed_boxes(labels, areas)
+    keep[0] = True  # background pixels below INK_LEVEL keep their faint anti-aliased values ...
+    mask = keep[labels]
+    # ... unless they only fringe a dropped component.
+    dropped = ndimage.binary_dilation(~mask & (labels > 0), iterations=2)
+    return np.where(mask & ~(dropped & (labels == 0)), ink, 0).astype(np.float32)
+
+
+def printed_boxes(labels: np.ndarray, areas: np.ndarray) -> np.ndarray:
+    """Which components (bool per label 1..n) are a box drawn around other ink: a form's field.
+
+    A box's ink lies in a thin band along its own bounding rectangle, on three sides or four,
+    and it holds a substantial piece of other ink (the digit). A written 0 is round, so much of its
+    ink lies inside that band's inner edge, and it holds nothing but, at most, a dot.
+    """
+    found = np.zeros(len(areas) - 1, bool)
+    for i, (ys, xs) in enumerate(ndimage.find_objects(labels), start=1):
+        h, w = ys.stop - ys.start, xs.stop - xs.start
+        if min(h, w) < 12:
+            continue
+        own = labels[ys, xs] == i
+        band = max(2, round(0.08 * min(h, w)))
+        if own[band:-band, band:-band].sum() > 0.1 * areas[i]:
+            continue
+        covered = [own[:band].any(0).mean(), own[-band:].any(0).mean(), own[:, :band].any(1).mean(),
+                   own[:, -band:].any(1).mean()]
+        if sum(c > 0.6 for c in covered) < 3:
+            continue
+        inside = np.unique(labels[ys, xs][band:-band, band:-band])
+        inside = inside[(inside != 0) & (inside != i)]
+        found[i - 1] = bool(inside.size) and areas[inside].sum() >= 0.2 * areas[i]
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Ink map -> MNIST
