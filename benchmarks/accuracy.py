@@ -17,6 +17,7 @@ Groups (each a plain `digitnet train` command line, shown in the table):
   fashion-flip-24     fashion-flip trained twice as long (24 epochs)
   fashion-flip-36     ... and three times as long (36 epochs)
   fashion-flip-erase-24  fashion-flip-24 with random erasing as well (a noise rectangle in half the images)
+  fashion-wide-flip-24   fashion-flip-24 with the `wide` network (strong with 1.5x the channels)
 
 Epochs and settings were chosen on the holdout (val_accuracy in history.json); the test set is read
 only by `report`, once per run, after training is over. Each group's runs form an ensemble (their
@@ -49,6 +50,8 @@ GROUPS = {
     "fashion-shift-flip": ["--recipe", "best", "--dataset", "fashion-mnist", "--augment", "shift+flip"],
     "fashion-flip-24": ["--recipe", "best", "--dataset", "fashion-mnist", "--augment", "flip", "--epochs", "24"],
     "fashion-flip-36": ["--recipe", "best", "--dataset", "fashion-mnist", "--augment", "flip", "--epochs", "36"],
+    "fashion-wide-flip-24": ["--recipe", "best", "--dataset", "fashion-mnist", "--augment", "flip", "--model", "wide",
+                             "--epochs", "24"],
     "fashion-flip-erase-24": ["--recipe", "best", "--dataset", "fashion-mnist", "--augment", "flip+erase",
                               "--epochs", "24"],
 }

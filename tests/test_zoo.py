@@ -40,6 +40,17 @@ def test_strong_shapes_and_size():
     assert logits.shape == (3, 10)
 
 
+def test_wide_is_strong_with_half_again_the_channels():
+    model = build_model("wide")
+    rows = summarize(model)
+    assert [tuple(r["output_shape"]) for r in rows if r["type"] == "Conv2d"] == \
+        [(26, 26, 48), (24, 24, 48), (10, 10, 96), (8, 8, 96)]
+    assert count_params(model) == 542_458
+    assert sum(r["macs"] for r in rows) == 22_087_360
+    assert [type(m).__name__ for m in model] == [type(m).__name__ for m in build_model("strong")]
+    assert model.eval()(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+
+
 def test_summary_command_for_every_model(capsys):
     for name in MODELS:
         assert main(["summary", name]) == 0
