@@ -366,3 +366,39 @@ def deslant(x: np.ndarray) -> np.ndarray:
         shift = (14 - (upright * ys).sum() / m, 14 - (upright * xs).sum() / m)
         out[i] = np.clip(ndimage.shift(upright, shift, order=1), 0, 255).round().astype(np.uint8)
     return out
+
+
+def ink_slant(ink: np.ndarray) -> float:
+    """The slant of the writing in an ink map (x per row, as `deslant` measures it): the median,
+    weighted by ink, of its pieces' own second-moment slants. Dust and flat pieces do not count."""
+    labels, n = ndimage.label(ink > 0.25 * float(ink.max(initial=0)), structure=np.ones((3, 3)))
+    if n == 0:
+        return 0.0
+    boxes = ndimage.find_objects(labels)
+    tallest = max(b[0].stop - b[0].start for b in boxes)
+    slants, masses = [], []
+    for k, (ys_, xs_) in enumerate(boxes, start=1):
+        if ys_.stop - ys_.start < 0.5 * tallest:
+            continue
+        w = np.where(labels[ys_, xs_] == k, ink[ys_, xs_], 0).astype(np.float64)
+        ys, xs = np.mgrid[ys_, xs_]
+        mass = w.sum()
+        cy, cx = (w * ys).sum() / mass, (w * xs).sum() / mass
+        mu02 = (w * (ys - cy) ** 2).sum() / mass
+        slants.append((w * (ys - cy) * (xs - cx)).sum() / mass / max(mu02, 1e-6))
+        masses.append(mass)
+    if not slants:
+        return 0.0
+    order = np.argsort(slants)
+    cumulative = np.cumsum(np.asarray(masses)[order])
+    return float(np.clip(np.asarray(slants)[order][np.searchsorted(cumulative, cumulative[-1] / 2)], -1, 1))
+
+
+def unslant(ink: np.ndarray, slant: float) -> tuple[np.ndarray, int]:
+    """The ink map sheared upright: output (y, u) shows input (y, u - pad + slant * (y - h/2)), on a
+    canvas widened by `pad` on each side so nothing is cut off; returns (map, pad)."""
+    h, w = ink.shape
+    pad = int(np.ceil(abs(slant) * h / 2)) + 1
+    out = ndimage.affine_transform(ink, np.array([[1.0, 0.0], [slant, 1.0]]), offset=(0.0, -pad - slant * h / 2),
+                                   output_shape=(h, w + 2 * pad), order=1)
+    return np.clip(out, 0, 1).astype(np.float32), pad

@@ -152,6 +152,9 @@ def predict_image(image, classifier, top_k: int = 3, min_confidence: float = 0.0
 # ---------------------------------------------------------------------------------------------
 # A written number: segment the ink map into digits, then read each.
 
+SLANTED = 0.15  # writing leaning more than this (x per row) is set upright before it is cut
+
+
 def read_number(image, classifier, min_confidence: float = 0.0) -> dict:
     """Read a written number: text ('?' for an unsure digit), and per digit its box and probabilities."""
     from PIL import Image, ImageOps
@@ -180,6 +183,12 @@ def read_number(image, classifier, min_confidence: float = 0.0) -> dict:
         probs = iter(uncalibrated(read_digits(classifier, np.stack(found)), temperature).max(1))
         return np.array([next(probs) if x is not None else 0.0 for x in xs])
 
+    # Italic writing is cut and read upright: touching slanted digits part along a vertical, and a
+    # wide slanted 8 is not taken for two digits. Boxes go back to the slanted image below.
+    slant = preprocess.ink_slant(ink)
+    pad = 0
+    if abs(slant) > SLANTED:
+        ink, pad = preprocess.unslant(ink, slant)
     pieces = find_digits(ink, score)
     xs = inputs([p.crop(ink) for p in pieces])
     kept = [(p, x) for p, x in zip(pieces, xs) if x is not None]
@@ -187,12 +196,17 @@ def read_number(image, classifier, min_confidence: float = 0.0) -> dict:
         return {"text": "", "status": NO_DIGIT, "digits": [], "confidence": None}
     probs = read_digits(classifier, np.stack([x for _, x in kept]))
     # Boxes are reported in the image's pixels, whatever resolution the ink map was made at.
-    size = ImageOps.exif_transpose(image).size if isinstance(image, Image.Image) else ink.shape[::-1]
-    sx, sy = size[0] / ink.shape[1], size[1] / ink.shape[0]
+    width = ink.shape[1] - 2 * pad
+    size = ImageOps.exif_transpose(image).size if isinstance(image, Image.Image) else (width, ink.shape[0])
+    sx, sy = size[0] / width, size[1] / ink.shape[0]
     digits = []
     for (p, _), pr in zip(kept, probs):
         answer = describe(pr, classifier.class_names, 3, min_confidence)
-        box = [round(p.box[0] * sx), round(p.box[1] * sy), round(p.box[2] * sx), round(p.box[3] * sy)]
+        left, top, right, bottom = p.box
+        if pad:  # the upright box's corners, back where they are in the slanted ink map
+            xs_ = [u - pad + slant * (y - ink.shape[0] / 2) for u in (left, right) for y in (top, bottom)]
+            left, right = max(0, min(xs_)), min(width, max(xs_))
+        box = [round(left * sx), round(top * sy), round(right * sx), round(bottom * sy)]
         digits.append({"digit": answer["digit"], "confidence": answer["confidence"], "box": box,
                        "best_guess": answer["best_guess"], "probs": answer["probs"]})
     text = "".join(d["digit"] if d["digit"] != "unknown" else "?" for d in digits)
