@@ -402,3 +402,12 @@ def unslant(ink: np.ndarray, slant: float) -> tuple[np.ndarray, int]:
     out = ndimage.affine_transform(ink, np.array([[1.0, 0.0], [slant, 1.0]]), offset=(0.0, -pad - slant * h / 2),
                                    output_shape=(h, w + 2 * pad), order=1)
     return np.clip(out, 0, 1).astype(np.float32), pad
+
+
+def slanted_box(box: tuple[int, int, int, int], slant: float, pad: int, height: int,
+                width: int) -> tuple[float, int, float, int]:
+    """A box (left, top, right, bottom) in `unslant`'s upright map -> the box holding it in the
+    slanted map it came from (`width` wide): its corners taken back, as unslant maps them."""
+    left, top, right, bottom = box
+    xs = [u - pad + slant * (y - height / 2) for u in (left, right) for y in (top, bottom)]
+    return max(0.0, min(xs)), top, min(float(width), max(xs)), bottom

@@ -202,10 +202,7 @@ def read_number(image, classifier, min_confidence: float = 0.0) -> dict:
     digits = []
     for (p, _), pr in zip(kept, probs):
         answer = describe(pr, classifier.class_names, 3, min_confidence)
-        left, top, right, bottom = p.box
-        if pad:  # the upright box's corners, back where they are in the slanted ink map
-            xs_ = [u - pad + slant * (y - ink.shape[0] / 2) for u in (left, right) for y in (top, bottom)]
-            left, right = max(0, min(xs_)), min(width, max(xs_))
+        left, top, right, bottom = preprocess.slanted_box(p.box, slant, pad, ink.shape[0], width) if pad else p.box
         box = [round(left * sx), round(top * sy), round(right * sx), round(bottom * sy)]
         digits.append({"digit": answer["digit"], "confidence": answer["confidence"], "box": box,
                        "best_guess": answer["best_guess"], "probs": answer["probs"]})
