@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from digitnet.errors import DigitnetError
 from digitnet.clean import INK_LEVEL, normalise
+from digitnet.errors import DigitnetError
 from digitnet.images import small_copy
 from digitnet.lines import remove_lines
 from digitnet.sheet import otsu_level, paper_only
@@ -338,6 +338,15 @@ def to_mnist(image) -> np.ndarray:
     return ink_to_mnist(ink_map(image))
 
 
+def moment_slant(w: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> tuple[float, float]:
+    """The second-moment slant mu11 / mu02 (how far x moves per row) of ink weights `w` at pixel
+    rows `ys` and columns `xs`, and the ink's centre row. `w` must hold some ink."""
+    mass = w.sum()
+    cy, cx = (w * ys).sum() / mass, (w * xs).sum() / mass
+    mu02 = (w * (ys - cy) ** 2).sum() / mass
+    return float((w * (ys - cy) * (xs - cx)).sum() / mass / max(mu02, 1e-6)), float(cy)
+
+
 def deslant(x: np.ndarray) -> np.ndarray:
     """uint8 (N, 28, 28) digits with their slant taken out: the classic MNIST deskew.
 
@@ -353,9 +362,8 @@ def deslant(x: np.ndarray) -> np.ndarray:
         if mass <= 0:
             out[i] = x[i]
             continue
-        cy, cx = (im * ys).sum() / mass, (im * xs).sum() / mass
-        mu02 = (im * (ys - cy) ** 2).sum() / mass
-        slant = float(np.clip((im * (ys - cy) * (xs - cx)).sum() / mass / max(mu02, 1e-6), -1, 1))
+        slant, cy = moment_slant(im, ys, xs)
+        slant = float(np.clip(slant, -1, 1))
         # Output pixel (y, x) samples the input at (y, x + slant * (y - cy)).
         upright = ndimage.affine_transform(im, np.array([[1.0, 0.0], [slant, 1.0]]),
                                            offset=(0.0, -slant * cy), order=1)
@@ -370,7 +378,7 @@ def deslant(x: np.ndarray) -> np.ndarray:
 
 def ink_slant(ink: np.ndarray) -> float:
     """The slant of the writing in an ink map (x per row, as `deslant` measures it): the median,
-    weighted by ink, of its pieces' own second-moment slants. Dust and flat pieces do not count."""
+    weighted by ink, of its pieces' own `moment_slant`s. Dust and flat pieces do not count."""
     labels, n = ndimage.label(ink > 0.25 * float(ink.max(initial=0)), structure=np.ones((3, 3)))
     if n == 0:
         return 0.0
@@ -382,11 +390,8 @@ def ink_slant(ink: np.ndarray) -> float:
             continue
         w = np.where(labels[ys_, xs_] == k, ink[ys_, xs_], 0).astype(np.float64)
         ys, xs = np.mgrid[ys_, xs_]
-        mass = w.sum()
-        cy, cx = (w * ys).sum() / mass, (w * xs).sum() / mass
-        mu02 = (w * (ys - cy) ** 2).sum() / mass
-        slants.append((w * (ys - cy) * (xs - cx)).sum() / mass / max(mu02, 1e-6))
-        masses.append(mass)
+        slants.append(moment_slant(w, ys, xs)[0])
+        masses.append(w.sum())
     if not slants:
         return 0.0
     order = np.argsort(slants)
