@@ -28,6 +28,9 @@ from digitnet.sheet import otsu_level, paper_only
 # Larger images are reduced to this longest side before any analysis: digits need far fewer pixels,
 # and it bounds time and memory per image.
 WORK_SIDE = 1200
+# A piece of ink whose darkest pixel is under half the strong ink's level (ink maps stretch that to
+# 1) is paper grain or a shadow's fringe unless it lies within the digit's own box.
+FAINT = 0.5
 MNIST_BOX = 20  # MNIST digits fit a 20x20 box ...
 MNIST_CENTRE = 14.0  # ... whose centre of mass sits at (14, 14): the MNIST test set's mean is 13.99, 14.01
 
@@ -222,7 +225,8 @@ def ink_to_mnist(ink: np.ndarray) -> np.ndarray:
         raise DigitnetError("no digit found in the image (it looks blank)")
     mass = ndimage.sum(ink, labels, index=np.arange(1, n + 1))
     boxes = ndimage.find_objects(labels)
-    parts = digit_parts(mass, boxes, *seed_choice(mass, boxes, ink.shape))
+    faint = np.asarray(ndimage.maximum(ink, labels, index=np.arange(1, n + 1))) < FAINT
+    parts = digit_parts(mass, boxes, *seed_choice(mass, boxes, ink.shape), faint=faint)
     y0, y1, x0, x1 = bounds([boxes[i] for i in parts])
     grown = ndimage.binary_dilation(np.isin(labels, np.array(parts) + 1), iterations=2)
     crop = np.where(grown, ink, 0)[y0:y1, x0:x1]
@@ -251,10 +255,11 @@ def seed_choice(mass: np.ndarray, boxes: list, shape: tuple[int, int]) -> tuple[
     return (clear if mass[clear] >= 0.2 * mass[best] else best), border
 
 
-def digit_parts(mass: np.ndarray, boxes: list, start: int | None = None, border=None) -> list[int]:
+def digit_parts(mass: np.ndarray, boxes: list, start: int | None = None, border=None, faint=None) -> list[int]:
     """Which components make the digit: `start` (default: the heaviest), and every piece near the group.
 
-    Pieces marked in `border` (touching a photo's border) never get the far reach of heavy pieces.
+    Pieces marked in `border` (touching a photo's border) never get the far reach of heavy pieces;
+    pieces marked `faint` join only when they lie within the group's box.
 
     Growing from the heaviest component keeps a broken stroke or a 5's detached bar (they lie close),
     while leftover line pieces, dust or a shadow's edge elsewhere in the photo stay out: they would
@@ -263,31 +268,36 @@ def digit_parts(mass: np.ndarray, boxes: list, start: int | None = None, border=
     parts = [int(np.argmax(mass)) if start is None else start]
     rest = set(range(len(mass))) - set(parts)
     # How far a piece may lie from the group, in group sizes, by its mass: pieces as heavy as the
-    # first (the dots of a chalk stroke) reach far, lesser ones less; a light one must lie wholly
-    # within a quarter of the group's size (a shadow's edge beside the digit must not join).
+    # first (the dots of a chalk stroke) reach far, lesser ones less.
     ref = mass[parts[0]]
-    reach = np.where(mass >= 0.5 * ref, 1.5, np.where(mass >= 0.15 * ref, 0.6, -1.0))
+    reach = np.where(mass >= 0.5 * ref, 1.5, np.where(mass >= 0.15 * ref, 0.6, 0.0))
     if border is not None:
         reach = np.where(border, np.minimum(reach, 0.6), reach)
     while rest:
         y0, y1, x0, x1 = bounds([boxes[i] for i in parts])
-        side = max(y1 - y0, x1 - x0)
-        margin = 0.25 * side + 2
+        far = reach * max(y1 - y0, x1 - x0) + 2
 
-        def joins(i: int) -> bool:
-            (ys, xs), far = boxes[i], reach[i] * side + 2
-            if reach[i] > 0 and ys.start < y1 + far and ys.stop > y0 - far and xs.start < x1 + far \
-                    and xs.stop > x0 - far:
-                return True
-            return ys.start >= y0 - margin and ys.stop <= y1 + margin and xs.start >= x0 - margin \
-                and xs.stop <= x1 + margin
+        def touches(i: int) -> bool:  # the piece's box overlaps the group's, grown by its reach
+            (ys, xs), d = boxes[i], far[i]
+            return ys.start < y1 + d and ys.stop > y0 - d and xs.start < x1 + d and xs.stop > x0 - d
 
-        near = [i for i in rest if joins(i)]
+        near = [i for i in rest if reach[i] > 0 and touches(i)]
         if not near:
             break
         parts += near
         rest -= set(near)
-    return parts
+    # A light piece must lie wholly within a quarter of the group's size (a shadow's edge beside the
+    # digit must not join), measured once from the heavy pieces' box: were each light piece to widen
+    # the box the next is measured from, a small photo's paper grain would join speck by speck.
+    y0, y1, x0, x1 = bounds([boxes[i] for i in parts])
+    wide = 0.25 * max(y1 - y0, x1 - x0) + 2
+    margins = np.where(faint, 0.0, wide) if faint is not None else np.full(len(mass), wide)
+
+    def inside(i: int) -> bool:
+        (ys, xs), m = boxes[i], margins[i]
+        return ys.start >= y0 - m and ys.stop <= y1 + m and xs.start >= x0 - m and xs.stop <= x1 + m
+
+    return parts + [i for i in sorted(rest) if inside(i)]
 
 
 def bounds(boxes) -> tuple[int, int, int, int]:

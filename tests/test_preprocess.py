@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+from scipy import ndimage
 
 from digitnet.errors import DigitnetError
 from digitnet.images import load_image
@@ -182,6 +183,22 @@ def test_far_pieces_stay_out_and_a_dotted_stroke_stays_whole():
     seen = to_mnist(dots)
     rows, cols = np.nonzero(seen.max(axis=1) > 64)[0], np.nonzero(seen.max(axis=0) > 64)[0]
     assert np.ptp(rows) >= 15 and np.ptp(cols) <= 8  # all five dots: a tall thin 1, not one dot blown up
+
+
+def test_paper_grain_around_a_small_photo_s_digit_does_not_shrink_it():
+    # A 60x52 photo: clumps of grain on the paper, each faint and light. Each used to join the digit
+    # because it lay within a quarter of the group's size, and widened the box the next one was
+    # measured from: the crop grew to the whole photo and the 7 came out a third of its size.
+    clean = Image.new("L", (60, 52), 225)
+    ImageDraw.Draw(clean).line([(20, 12), (40, 13), (28, 40)], fill=40, width=3, joint="curve")
+    rng = np.random.default_rng(0)
+    grain = ndimage.gaussian_filter(rng.normal(0, 1, (52, 60)), 1.2)
+    grain = np.where(grain > grain.std(), grain, 0) / grain.max()
+    im = np.clip(np.asarray(clean, np.float32) - 80 * grain + rng.normal(0, 2, (52, 60)), 0, 255).astype(np.uint8)
+    seen = to_mnist(im)
+    rows = np.nonzero(seen.max(axis=1) > 64)[0]
+    assert np.ptp(rows) >= 17  # the 7 fills the 20-pixel box (it was 11 rows tall)
+    assert similar(seen, to_mnist(clean)) > 0.7  # (it was 0.01)
 
 
 @pytest.mark.parametrize("blank", [
