@@ -20,16 +20,18 @@ def normalise(ink: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
     `region` (bool, ink's shape) limits the paper statistics to the sheet when a desk was painted over.
     """
     raw = ink
-    if min(ink.shape) >= 64:
+    photo = min(ink.shape) >= 64
+    if photo:
         # Photos: paper grain is clumpy and one-sided, so smooth a little, then median and MAD.
         ink = ndimage.gaussian_filter(ink, 0.7)
     paper = ink[region] if region is not None and region.sum() >= 64 else ink.ravel()
-    if min(ink.shape) >= 64:
+    if photo:
         base = float(np.median(paper))
         sigma = 1.4826 * float(np.median(np.abs(paper - base)))
-    if min(ink.shape) < 64 or base > 0.25:
-        # Small, often tightly cropped images, and fat strokes filling a crop: ink may cover half of
-        # them or more, so the paper level and its noise come from the darker pixels only.
+    # Small, often tightly cropped images, and fat strokes filling a photo or a crop: ink may cover a
+    # third of them or more (pixels above half the ink's level), and then the median and its spread
+    # are partly the ink's, so the paper level and its noise come from the darker pixels only.
+    if not photo or base > 0.25 or float(np.mean(paper > 0.5 * np.percentile(paper, 99))) > 0.3:
         base = float(np.percentile(paper, 30))
         below = paper[paper <= base]
         sigma = 1.4826 * float(np.median(base - below)) if below.size else 0.0
@@ -40,7 +42,7 @@ def normalise(ink: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
     low = base + max(4 * sigma, 0.06 * (peak - base))
     out = np.clip((ink - low) / max(peak - low, 1e-6), 0, 1).astype(np.float32)
     out = drop_specks_and_borders(out)
-    if min(ink.shape) >= 64:
+    if photo:
         out = drop_specks_and_borders(grow_faint_strokes(raw, ink, out, (base, sigma, peak), region))
     return out
 
