@@ -336,17 +336,21 @@ def test_a_shadow_wedge_at_the_border_does_not_take_the_digit_s_place():
         assert similar(to_mnist(im), to_mnist(small_seven())) > 0.9
 
 
-def test_pieces_in_a_thin_strip_along_a_photo_s_edge_are_dropped():
+@pytest.mark.parametrize("scale", [1.0, 0.23])  # a photo, and a small one (46 x 69 pixels)
+def test_pieces_in_a_thin_strip_along_a_photo_s_edge_are_dropped(scale):
     from digitnet.clean import drop_specks_and_borders
 
-    ink = np.zeros((200, 300), np.float32)
-    ink[60:140, 140:150] = 1.0  # the digit's stroke
-    ink[0:40, 20:28] = 1.0  # a stroke running off the top edge: it reaches well inside, so it stays
+    def at(v: float) -> int:
+        return round(v * scale)
+
+    ink = np.zeros((at(200), at(300)), np.float32)
+    ink[at(60):at(140), at(140):at(150)] = 1.0  # the digit's stroke
+    ink[0:at(40), at(20):at(28)] = 1.0  # a stroke running off the top edge: it reaches well inside, so it stays
     for x in range(40, 260, 30):  # the end of a ruled line leaving the picture at a slant, in dashes
-        ink[1:3, x:x + 12] = 0.8
+        ink[at(1):at(1) + 2, at(x):at(x) + max(3, at(12))] = 0.8
     kept = drop_specks_and_borders(ink)
-    assert kept[:3, 40:].max() == 0  # the dashes are gone
-    assert kept[60:140, 140:150].min() == 1.0 and kept[0:40, 20:28].min() == 1.0
+    assert kept[:3, at(40):].max() == 0  # the dashes are gone
+    assert kept[at(60):at(140), at(140):at(150)].min() == 1.0 and kept[0:at(40), at(20):at(28)].min() == 1.0
 
 
 @pytest.mark.parametrize("gap", [12, 25])
