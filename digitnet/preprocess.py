@@ -28,8 +28,8 @@ from digitnet.sheet import otsu_level, paper_only
 # Larger images are reduced to this longest side before any analysis: digits need far fewer pixels,
 # and it bounds time and memory per image.
 WORK_SIDE = 1200
-# A piece of ink whose darkest pixel is under half the strong ink's level (ink maps stretch that to
-# 1) is paper grain or a shadow's fringe unless it lies within the digit's own box.
+# A small piece of ink whose darkest pixel is under half the strong ink's level (ink maps stretch
+# that to 1) is paper grain or a shadow's fringe, not part of the digit.
 FAINT = 0.5
 MNIST_BOX = 20  # MNIST digits fit a 20x20 box ...
 MNIST_CENTRE = 14.0  # ... whose centre of mass sits at (14, 14): the MNIST test set's mean is 13.99, 14.01
@@ -259,7 +259,7 @@ def digit_parts(mass: np.ndarray, boxes: list, start: int | None = None, border=
     """Which components make the digit: `start` (default: the heaviest), and every piece near the group.
 
     Pieces marked in `border` (touching a photo's border) never get the far reach of heavy pieces;
-    pieces marked `faint` join only when they lie within the group's box.
+    light pieces marked `faint` never join.
 
     Growing from the heaviest component keeps a broken stroke or a 5's detached bar (they lie close),
     while leftover line pieces, dust or a shadow's edge elsewhere in the photo stay out: they would
@@ -289,15 +289,15 @@ def digit_parts(mass: np.ndarray, boxes: list, start: int | None = None, border=
     # A light piece must lie wholly within a quarter of the group's size (a shadow's edge beside the
     # digit must not join), measured once from the heavy pieces' box: were each light piece to widen
     # the box the next is measured from, a small photo's paper grain would join speck by speck.
+    # A light piece that is also faint is grain or a fringe wherever it lies.
     y0, y1, x0, x1 = bounds([boxes[i] for i in parts])
-    wide = 0.25 * max(y1 - y0, x1 - x0) + 2
-    margins = np.where(faint, 0.0, wide) if faint is not None else np.full(len(mass), wide)
+    m = 0.25 * max(y1 - y0, x1 - x0) + 2
 
     def inside(i: int) -> bool:
-        (ys, xs), m = boxes[i], margins[i]
+        ys, xs = boxes[i]
         return ys.start >= y0 - m and ys.stop <= y1 + m and xs.start >= x0 - m and xs.stop <= x1 + m
 
-    return parts + [i for i in sorted(rest) if inside(i)]
+    return parts + [i for i in sorted(rest) if not (faint is not None and faint[i]) and inside(i)]
 
 
 def bounds(boxes) -> tuple[int, int, int, int]:
