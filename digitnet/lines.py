@@ -128,15 +128,15 @@ def beyond_writing(rot: np.ndarray, sets: list, side: int) -> np.ndarray:
         def crosses(k: int) -> bool:
             mask, axis, run, region = pieces[k]
             along = np.flatnonzero(writing.any(axis=axis))  # the writing along the lines' direction
-            length = run.stop - run.start
             # Ruled lines are printed finer than a pen writes; a digit's straight stroke is as wide
-            # as its other strokes.
-            width = float(((rot > 0.2) & region).sum()) / length
+            # as its other strokes. The median cross-section: strokes crossing a line do not widen it.
+            across = ((rot > 0.2) & region).sum(axis=axis)[run]
+            width = float(np.median(across))
             if width < 0.6 * pen:
                 return True
             # Where a stroke meets the candidate at a slant, taking the candidate out cuts the stroke
             # back by a few of its widths, so the margin grows with the candidate's width.
-            margin = max(3, 0.02 * side, 1.5 * mask.sum() / length)
+            margin = max(3, 0.02 * side, 1.5 * mask.sum() / (run.stop - run.start))
             return along[0] - run.start > margin and run.stop - 1 - along[-1] > margin
 
         still = [k for k in keep if crosses(k)]
