@@ -135,6 +135,3 @@ def printed_boxes(labels: np.ndarray, areas: np.ndarray) -> np.ndarray:
         found[i - 1] = bool(inside.size) and areas[inside].sum() >= 0.2 * areas[i]
     return found
 
-
-# ---------------------------------------------------------------------------------------------
-# Ink map -> MNIST

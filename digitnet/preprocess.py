@@ -217,15 +217,20 @@ def background(grey: np.ndarray) -> np.ndarray:
     return np.minimum(bg, ndimage.minimum_filter(ndimage.maximum_filter(grey, size=k), size=k))
 
 
+# ---------------------------------------------------------------------------------------------
+# Ink map -> MNIST
+
+
 def ink_to_mnist(ink: np.ndarray) -> np.ndarray:
     """Crop to the ink, fit 20x20 keeping aspect, anti-alias, centre by mass in 28x28 -> uint8."""
     ink = np.asarray(ink, dtype=np.float32)
     labels, n = ndimage.label(ink > INK_LEVEL, structure=np.ones((3, 3)))
     if n == 0:
         raise DigitnetError("no digit found in the image (it looks blank)")
-    mass = ndimage.sum(ink, labels, index=np.arange(1, n + 1))
+    index = np.arange(1, n + 1)
+    mass = ndimage.sum(ink, labels, index=index)
     boxes = ndimage.find_objects(labels)
-    faint = np.asarray(ndimage.maximum(ink, labels, index=np.arange(1, n + 1))) < FAINT
+    faint = np.asarray(ndimage.maximum(ink, labels, index=index)) < FAINT
     parts = digit_parts(mass, boxes, *seed_choice(mass, boxes, ink.shape), faint=faint)
     y0, y1, x0, x1 = bounds([boxes[i] for i in parts])
     grown = ndimage.binary_dilation(np.isin(labels, np.array(parts) + 1), iterations=2)
