@@ -130,12 +130,13 @@ def print_tables(report: dict) -> None:
     keras_p = next((r for r in infer if r["name"] == "keras predict"), None)
     print("\nInference (uint8 images in, probabilities out; batch 1 = one call per image)")
     head = (f"{'runtime':<38}{'b1 img/s':>10}{'b256 img/s':>12}{'b10000 img/s':>14}{'p50 ms':>9}"
-            f"{'p99 ms':>9}{'x Keras':>9}")
+            f"{'p99 ms':>9}{'test acc':>9}{'x Keras':>9}")
     print(head + "\n" + "-" * len(head))
     for r in infer:
-        big = r.get("images_per_second_b10000")
+        big, acc = r.get("images_per_second_b10000"), r.get("test_accuracy")
         print(f"{r['name']:<38}{r['images_per_second_b1']:>10,.0f}{r['images_per_second_b256']:>12,.0f}"
               f"{(f'{big:,.0f}' if big else '-'):>14}{r['p50_ms']:>9.3f}{r['p99_ms']:>9.3f}"
+              f"{(f'{acc:.4f}' if acc is not None else '-'):>9}"
               f"{(ratio(big, keras_p and keras_p['images_per_second_b10000']) or '-'):>9}")
     c = report["cpu"]
     print(f"\nFLOPs: {MACS_PER_IMAGE / 1e6:.2f} M multiply-adds forward per image = {FLOP_FORWARD / 1e6:.2f} MFLOP; "
@@ -202,6 +203,7 @@ def main() -> int:
         limit = ["--limit", str(args.limit)] if args.limit else []
         r = run_contender("infer_bench.py", seed_run, *limit, "--latency-calls", str(args.latency_calls))
         report["infer"] += r.get("infer", [])
+        report["skipped"] += r.get("skipped", [])
         if "error" in r:
             report["skipped"].append(f"inference: {r['error']}: {r.get('stderr_tail', '')}")
         report["onnx_export"] = r.get("export")

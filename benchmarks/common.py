@@ -106,9 +106,13 @@ def latency_ms(predict, x: np.ndarray, calls: int = 500, max_seconds: float = 10
             "p99_ms": round(float(np.percentile(times, 99)), 4), "latency_calls": len(times)}
 
 
-def infer_result(name: str, predict, x: np.ndarray, batches=(1, 256, 10_000), calls: int = 500) -> dict:
-    """Throughput at each batch size and single-image latency for one predict function."""
+def infer_result(name: str, predict, x: np.ndarray, batches=(1, 256, 10_000), calls: int = 500,
+                 y: np.ndarray | None = None) -> dict:
+    """Throughput at each batch size and single-image latency for one predict function; with labels
+    y, its test accuracy too (a faster runtime must show what it gives up, e.g. int8)."""
     out = {"name": name}
+    if y is not None:
+        out["test_accuracy"] = round(float((np.asarray(predict(x)).argmax(1) == y).mean()), 4)
     for b in batches:
         out[f"images_per_second_b{b}"] = round(throughput(predict, x, b), 1)
     out.update(latency_ms(predict, x, calls))

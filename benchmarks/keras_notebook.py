@@ -87,7 +87,7 @@ def main() -> None:
         xf = x_test.astype("float32") / (255.0 if args.scale else 1.0)  # model(x) does not cast uint8
         result["infer"] = [
             infer_result("keras predict", lambda b: model.predict(b, batch_size=len(b), verbose=0),
-                         x, calls=args.latency_calls),
+                         x, calls=args.latency_calls, y=y_test),
             # predict() builds a data pipeline per call; calling the model directly is the fast path
             # Keras documents for small inputs, so single-image latency is shown both ways.
             infer_result("keras model(x)", lambda b: model(b, training=False).numpy(), xf,

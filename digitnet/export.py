@@ -1,6 +1,7 @@
-"""ONNX export of a run, checked against PyTorch, and an ONNX Runtime classifier for predict.
+"""ONNX export of a run, checked against PyTorch, and ONNX Runtime / OpenVINO classifiers for predict.
 
-    digitnet export runs/NAME --format onnx     # writes runs/NAME/model.onnx
+    digitnet export runs/NAME --format onnx           # writes runs/NAME/model.onnx
+    digitnet export runs/NAME --format onnx --int8    # ... and runs/NAME/model.int8.onnx
 
 The exported graph takes what `Classifier.predict` takes and returns what it returns:
 
@@ -11,10 +12,17 @@ Pixel scaling (`preprocess.scale_pixels`) and the softmax (`model.probabilities`
 graph from the same functions PyTorch uses, so an ONNX consumer needs no digitnet code and cannot
 scale differently. Every export is checked: ONNX Runtime's probabilities must match PyTorch's
 within 1e-4 (fp32) on real test digits, or nothing is written.
+
+The int8 model is the same graph statically quantized by ONNX Runtime's tooling (QDQ: int8 weights
+per output channel, uint8 activations with ranges calibrated on training images, never test ones).
+It is checked too: its answers must equal fp32 PyTorch's on at least 99% of the check digits. Int8
+convolutions use the CPU's VNNI dot-product instructions; under OpenVINO they are the fastest way to
+run this network on a CPU (README, Speed), under ONNX Runtime they pay less.
 """
 from __future__ import annotations
 
 import io
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -28,8 +36,15 @@ from digitnet.model import load_model, probabilities
 from digitnet.preprocess import scale_pixels
 
 ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
 OPSET = 17
 PARITY_TOLERANCE = 1e-4  # max abs difference of probabilities, fp32
+# int8 probabilities differ from fp32 by up to a few hundredths, so the int8 check is on answers.
+INT8_AGREEMENT = 0.99  # share of check digits whose int8 answer must be fp32 PyTorch's
+CALIBRATION_IMAGES = 2000  # training images whose activations set the int8 ranges
+# --runtime name -> (engine, file in the run directory)
+RUNTIMES = {"onnx": ("onnxruntime", ONNX_FILE), "onnx-int8": ("onnxruntime", INT8_FILE),
+            "openvino": ("openvino", ONNX_FILE), "openvino-int8": ("openvino", INT8_FILE)}
 
 
 class PixelsToProbabilities(nn.Module):
@@ -61,7 +76,38 @@ def onnx_session(model_bytes_or_path, threads: int = 0):
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     src = str(model_bytes_or_path) if isinstance(model_bytes_or_path, Path) else model_bytes_or_path
-    return ort.InferenceSession(src, options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(src, options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ONNX Runtime raises its own exception types for a corrupt model
+        raise DigitnetError(f"{_name(model_bytes_or_path)}: not a usable ONNX model ({_first_line(e)})") from None
+
+
+def openvino_request(path: Path, threads: int = 0):
+    """A function running an ONNX file under OpenVINO on the CPU: uint8 (N, 28, 28) -> probabilities."""
+    try:
+        import openvino
+    except ImportError:
+        raise DigitnetError("the openvino runtimes need OpenVINO: pip install 'digitnet[export]' "
+                            "(or .venv/bin/pip install openvino)") from None
+    # LATENCY puts every core on one request: THROUGHPUT's default of one stream per core halves
+    # the speed of a caller that waits for each batch, as predict does (measured, README Speed).
+    # f32 keeps OpenVINO from running fp32 models in bf16 on CPUs that have it, unasked.
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    try:
+        request = openvino.Core().compile_model(str(path), "CPU", config).create_infer_request()
+    except Exception as e:  # OpenVINO's errors are RuntimeErrors with the whole C++ context
+        raise DigitnetError(f"{path}: not a usable ONNX model for OpenVINO ({_first_line(e)})") from None
+    return lambda pixels: request.infer({0: pixels})[0].copy()  # the output buffer is reused
+
+
+def _name(src) -> str:
+    return str(src) if isinstance(src, (str, Path)) else "the ONNX model"
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def export_onnx(run_dir: str | Path, check_images: np.ndarray | None = None) -> dict:
@@ -75,9 +121,7 @@ def export_onnx(run_dir: str | Path, check_images: np.ndarray | None = None) -> 
 def onnx_bytes(run_dir: str | Path, check_images: np.ndarray | None = None) -> tuple[bytes, dict]:
     """The run's network as ONNX, in memory, checked against PyTorch: (model bytes, the check)."""
     _require_onnx()
-    net, meta = load_model(run_dir, "cpu")
-    temperature = float(meta.get("calibration", {}).get("temperature", 1.0))
-    wrapper = PixelsToProbabilities(net.float().eval(), temperature).eval()
+    wrapper, meta = _wrapped(run_dir)
     example = torch.zeros(2, 28, 28, dtype=torch.uint8)
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -95,6 +139,68 @@ def onnx_bytes(run_dir: str | Path, check_images: np.ndarray | None = None) -> t
         raise DigitnetError(f"ONNX export of {run_dir} disagrees with PyTorch: max abs difference of "
                             f"probabilities {check['max_abs_diff']:.2e} >= {PARITY_TOLERANCE:g}; nothing written")
     return payload, check
+
+
+def export_int8(run_dir: str | Path, check_images: np.ndarray | None = None) -> dict:
+    """Write run_dir/model.int8.onnx (atomically) after checking it against PyTorch; returns the check."""
+    run_dir = Path(run_dir)
+    payload, check = int8_bytes(run_dir, onnx_bytes(run_dir, check_images)[0], check_images)
+    atomic_write_bytes(run_dir / INT8_FILE, payload)
+    return {"path": str(run_dir / INT8_FILE), "bytes": len(payload), **check}
+
+
+def int8_bytes(run_dir: Path, fp32_model: bytes, check_images: np.ndarray | None = None) -> tuple[bytes, dict]:
+    """The fp32 ONNX model statically quantized to int8, checked against fp32 PyTorch."""
+    import onnx  # onnx_bytes made sure these are there
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    wrapper, meta = _wrapped(run_dir)
+    calibration = _training_digits(meta)
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(np.array_split(calibration, max(1, len(calibration) // 250)))
+
+        def get_next(self):
+            return next(({"pixels": b} for b in self.batches), None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, pre, out = (Path(tmp) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        fp32.write_bytes(fp32_model)
+        quant_pre_process(str(fp32), str(pre))  # shape inference and folding, as the tooling asks
+        # The last layer and the softmax stay fp32: quantized, the probabilities came in steps of
+        # 1/255 and did not sum to 1, and the calibrated confidence was lost. It costs no speed.
+        nodes = onnx.load(str(pre)).graph.node
+        last = max(i for i, node in enumerate(nodes) if node.op_type in ("Gemm", "MatMul"))
+        quantize_static(str(pre), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=[node.name for node in nodes[last:]])
+        payload = out.read_bytes()
+    if check_images is None:
+        check_images = _test_digits(meta)
+    check = check_parity(wrapper, onnx_session(payload), check_images)
+    if check["same_argmax"] < INT8_AGREEMENT:
+        raise DigitnetError(f"int8 export of {run_dir} disagrees with PyTorch: the same answer on "
+                            f"{check['same_argmax']:.1%} of {len(check_images)} digits (< {INT8_AGREEMENT:.0%}); "
+                            f"{INT8_FILE} not written")
+    return payload, {**check, "calibration_images": len(calibration)}
+
+
+def _training_digits(meta: dict, n: int = CALIBRATION_IMAGES) -> np.ndarray:
+    """A fixed random sample of the run's training images, for the int8 activation ranges."""
+    from digitnet.data import load_split
+
+    x, _ = load_split(meta.get("dataset", {}).get("name", "mnist"), "train")
+    pick = np.random.default_rng(0).choice(len(x), size=min(n, len(x)), replace=False)
+    return np.ascontiguousarray(x[np.sort(pick)])
+
+
+def _wrapped(run_dir: str | Path) -> tuple[PixelsToProbabilities, dict]:
+    """The run's network in fp32 with its scaling and calibrated softmax, and its model.json."""
+    net, meta = load_model(run_dir, "cpu")
+    temperature = float(meta.get("calibration", {}).get("temperature", 1.0))
+    return PixelsToProbabilities(net.float().eval(), temperature).eval(), meta
 
 
 def _test_digits(meta: dict, n: int = 1000) -> np.ndarray:
@@ -117,25 +223,34 @@ def check_parity(wrapper: nn.Module, session, images: np.ndarray) -> dict:
             "same_argmax": float((got.argmax(1) == expected.argmax(1)).mean())}
 
 
-CHUNK = 256  # images per ONNX Runtime call in OnnxClassifier.predict
+CHUNK = 256  # images per call in OnnxClassifier.predict
 
 
 class OnnxClassifier:
-    """model.onnx under ONNX Runtime, with the same predict(images) as read.Classifier.
+    """An exported model under ONNX Runtime or OpenVINO, with the same predict(images) as read.Classifier.
 
-    `model` is the ONNX model's bytes (onnx_bytes); without it, RUN/model.onnx from `digitnet export`.
+    `runtime` is a RUNTIMES name: which engine runs which file of `digitnet export`. `model` is an
+    fp32 ONNX model's bytes (onnx_bytes) for ONNX Runtime, used instead of the file.
     """
 
-    def __init__(self, run_dir: str | Path, threads: int = 0, model: bytes | None = None):
+    def __init__(self, run_dir: str | Path, threads: int = 0, model: bytes | None = None, runtime: str = "onnx"):
         from digitnet.model import read_meta
 
-        self.run_dir = Path(run_dir)
+        if runtime not in RUNTIMES:
+            raise DigitnetError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+        engine, file = RUNTIMES[runtime]
+        self.run_dir, self.runtime = Path(run_dir), runtime
         self.meta = read_meta(self.run_dir)
         self.class_names = self.meta["class_names"]
-        path = self.run_dir / ONNX_FILE
+        path = self.run_dir / file
         if model is None and not path.exists():
-            raise DigitnetError(f"{path}: missing; run `digitnet export {self.run_dir} --format onnx` first")
-        self.session = onnx_session(path if model is None else model, threads)
+            flags = " --int8" if file == INT8_FILE else ""
+            raise DigitnetError(f"{path}: missing; run `digitnet export {self.run_dir} --format onnx{flags}` first")
+        if engine == "openvino":
+            self._run = openvino_request(path, threads)
+        else:
+            session = onnx_session(path if model is None else model, threads)
+            self._run = lambda pixels: session.run(None, {"pixels": pixels})[0]
 
     def prepare(self, images) -> np.ndarray:
         from digitnet.read import Classifier
@@ -149,5 +264,4 @@ class OnnxClassifier:
             return np.zeros((0, len(self.class_names)), np.float32)
         # In chunks, as predict_logits does for PyTorch: one run over 10,000 images holds ~0.9 GB per
         # activation and ran 5x slower per image than chunks of 256 (benchmarks/infer_bench.py).
-        return np.concatenate([self.session.run(None, {"pixels": x[i:i + CHUNK]})[0]
-                               for i in range(0, len(x), CHUNK)])
+        return np.concatenate([self._run(x[i:i + CHUNK]) for i in range(0, len(x), CHUNK)])

@@ -1,4 +1,5 @@
-"""ONNX export: parity with PyTorch, the dynamic batch axis, OnnxClassifier, and clear errors."""
+"""ONNX export: parity with PyTorch, the dynamic batch axis, int8, the ONNX Runtime and OpenVINO
+classifiers, and clear errors."""
 import json
 import shutil
 
@@ -9,7 +10,7 @@ pytest.importorskip("onnxruntime")
 
 import digitnet  # noqa: E402
 from digitnet.errors import DigitnetError  # noqa: E402
-from digitnet.export import ONNX_FILE, OnnxClassifier, export_onnx  # noqa: E402
+from digitnet.export import INT8_FILE, ONNX_FILE, OnnxClassifier, export_int8, export_onnx  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +20,14 @@ def exported(tiny_run, tmp_path_factory):
     shutil.copytree(tiny_run.run_dir, run_dir)
     report = export_onnx(run_dir)
     return run_dir, report
+
+
+@pytest.fixture(scope="module")
+def exported_int8(tiny_run, tmp_path_factory):
+    """A copy of the tiny run with model.onnx and model.int8.onnx written into it."""
+    run_dir = tmp_path_factory.mktemp("export_int8") / "run"
+    shutil.copytree(tiny_run.run_dir, run_dir)
+    return run_dir, {**export_onnx(run_dir), "int8": export_int8(run_dir)}
 
 
 def test_export_writes_onnx_and_matches_pytorch(exported):
@@ -114,3 +123,92 @@ def test_predict_runtime_onnx_matches_torch(exported, tmp_path, capsys):
     assert len(out["onnx"]) == 3
     for a, b in zip(out["torch"], out["onnx"]):
         assert a["digit"] == b["digit"] and np.abs(np.subtract(a["probs"], b["probs"])).max() < 1e-4
+
+
+def test_int8_export_is_quantized_calibrated_and_checked(exported_int8):
+    import onnx
+
+    run_dir, report = exported_int8
+    q = report["int8"]
+    assert (run_dir / INT8_FILE).stat().st_size == q["bytes"] < (run_dir / ONNX_FILE).stat().st_size / 2
+    assert q["calibration_images"] == 2000 and q["checked_images"] == 1000
+    assert q["same_argmax"] >= 0.99 and 0 < q["max_abs_diff"] < 0.5  # quantized: close, not equal
+    ops = {node.op_type for node in onnx.load(str(run_dir / INT8_FILE)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    assert not list(run_dir.glob(".model.int8.onnx.*"))
+
+
+def test_int8_check_can_fail(exported_int8, monkeypatch, tmp_path):
+    """An int8 model that answers differently from PyTorch too often is refused, not written."""
+    import digitnet.export as export
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(exported_int8[0], run_dir)
+    (run_dir / INT8_FILE).unlink()
+    monkeypatch.setattr(export, "INT8_AGREEMENT", 1.01)  # no model can agree on more than all digits
+    with pytest.raises(DigitnetError, match="int8 export .* disagrees"):
+        export.export_int8(run_dir)
+    assert (run_dir / ONNX_FILE).exists() and not (run_dir / INT8_FILE).exists()
+
+
+@pytest.mark.parametrize("runtime", ["onnx-int8", "openvino", "openvino-int8"])
+def test_other_runtimes_answer_like_torch(exported_int8, runtime):
+    """fp32 under OpenVINO matches PyTorch to 1e-4; int8 (either engine) gives the same digits on 99%."""
+    if runtime.startswith("openvino"):
+        pytest.importorskip("openvino")
+    from digitnet.data import load_split
+
+    run_dir, _ = exported_int8
+    x, _ = load_split("mnist", "test")
+    x = x[-600:]  # not the images the export was checked on
+    expected = digitnet.load(run_dir).predict(x)
+    model = OnnxClassifier(run_dir, runtime=runtime)
+    got = model.predict(x)
+    assert got.shape == (600, 10) and model.predict(x[0]).shape == (1, 10)
+    np.testing.assert_allclose(got.sum(1), 1, atol=1e-4)
+    if runtime == "openvino":
+        assert np.abs(got - expected).max() < 1e-4
+    else:
+        assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.99
+
+
+def test_runtime_errors_are_clear(exported_int8, tmp_path, monkeypatch):
+    import sys
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(exported_int8[0], run_dir)
+    with pytest.raises(DigitnetError, match="unknown runtime"):
+        OnnxClassifier(run_dir, runtime="tensorrt")
+    (run_dir / INT8_FILE).unlink()
+    with pytest.raises(DigitnetError, match="--format onnx --int8"):
+        OnnxClassifier(run_dir, runtime="onnx-int8")
+    (run_dir / ONNX_FILE).write_bytes(b"not a model at all")
+    for runtime in ("onnx", "openvino"):
+        if runtime == "openvino" and "openvino" not in sys.modules:
+            pytest.importorskip("openvino")
+        with pytest.raises(DigitnetError, match="not a usable ONNX model"):
+            OnnxClassifier(run_dir, runtime=runtime)
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
+    with pytest.raises(DigitnetError, match="need OpenVINO"):
+        OnnxClassifier(run_dir, runtime="openvino")
+
+
+def test_export_int8_and_predict_cli(exported_int8, tmp_path, capsys):
+    from PIL import Image
+
+    from digitnet.cli import main
+    from digitnet.data import load_split
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(exported_int8[0], run_dir)
+    (run_dir / INT8_FILE).unlink()
+    x, _ = load_split("mnist", "test")
+    Image.fromarray(x[0]).save(tmp_path / "d0.png")
+    assert main(["predict", str(tmp_path / "d0.png"), "--model", str(run_dir), "--runtime", "onnx-int8"]) == 1
+    assert "--int8" in capsys.readouterr().err
+    assert main(["export", str(run_dir), "--int8"]) == 0
+    out = capsys.readouterr().out
+    assert "model.int8.onnx" in out and "training images" in out and (run_dir / INT8_FILE).exists()
+    assert main(["predict", str(tmp_path / "d0.png"), "--model", str(run_dir), "--runtime", "onnx-int8",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["digit"] == str(digitnet.load(run_dir).predict(x[0]).argmax())
