@@ -155,6 +155,12 @@ def dark_ink(grey: np.ndarray) -> bool:
         # light ring decides: a dark one may be a desk around a sheet that was not found.
         if (border > otsu_level(s)).mean() >= 0.8:
             return True
+    if q75 - q25 >= 0.1:
+        # A shadow splits the ring. Along its edge the local level lags on both sides, adding as
+        # much light excess as dark, so a light digit must clearly outweigh the dark side, and
+        # with next to no excess either way (faint pencil), paper with dark writing is the far
+        # likelier photo.
+        return bool(light < 2 * dark + 1e-3 * s.size)
     return bool(dark >= light)
 
 
