@@ -201,12 +201,16 @@ def main() -> int:
                                     "max_train_seconds": max(secs)}
     if "infer" in only and seed_run:
         limit = ["--limit", str(args.limit)] if args.limit else []
-        r = run_contender("infer_bench.py", seed_run, *limit, "--latency-calls", str(args.latency_calls))
-        report["infer"] += r.get("infer", [])
-        report["skipped"] += r.get("skipped", [])
-        if "error" in r:
-            report["skipped"].append(f"inference: {r['error']}: {r.get('stderr_tail', '')}")
-        report["onnx_export"] = r.get("export")
+        report["exports"] = {}
+        for runtime in ("torch", "onnx", "onnx-int8", "openvino-int8"):  # each in its own process
+            r = run_contender("infer_bench.py", seed_run, "--runtime", runtime, *limit,
+                              "--latency-calls", str(args.latency_calls))
+            report["infer"] += r.get("infer", [])
+            report["skipped"] += r.get("skipped", [])
+            if "error" in r:
+                report["skipped"].append(f"inference ({runtime}): {r['error']}: {r.get('stderr_tail', '')}")
+            if r.get("export"):
+                report["exports"][runtime] = r["export"]
 
     report["load_average_end"] = os.getloadavg()
     sys.path.insert(0, str(ROOT))

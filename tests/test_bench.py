@@ -65,7 +65,7 @@ def test_harness_on_tiny_data(tmp_path):
         assert r["images_per_second_b1"] > 0 and r["images_per_second_b256"] > 0
         assert 0 < r["p50_ms"] <= r["p99_ms"]
         assert 0.0 <= r["test_accuracy"] <= 1.0
-    assert report["onnx_export"]["max_abs_diff"] < 1e-4
+    assert report["exports"]["onnx"]["max_abs_diff"] < 1e-4
     assert report["cpu"]["cores"] >= 1 and report["cpu"]["gemm_gflops_fp32"] > 0
     assert "Training on" in proc.stdout and "Inference" in proc.stdout
 
