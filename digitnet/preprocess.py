@@ -227,8 +227,12 @@ def background(grey: np.ndarray) -> np.ndarray:
 # Ink map -> MNIST
 
 
-def ink_to_mnist(ink: np.ndarray) -> np.ndarray:
-    """Crop to the ink, fit 20x20 keeping aspect, anti-alias, centre by mass in 28x28 -> uint8."""
+def ink_to_mnist(ink: np.ndarray, cut: bool = False) -> np.ndarray:
+    """Crop to the ink, fit 20x20 keeping aspect, anti-alias, centre by mass in 28x28 -> uint8.
+
+    `cut`: the map was cut around one digit (read_number's segments), so pieces reach its edges
+    because the cut parted them, not as a photo's shadow wedges and line ends do.
+    """
     ink = np.asarray(ink, dtype=np.float32)
     labels, n = ndimage.label(ink > INK_LEVEL, structure=np.ones((3, 3)))
     if n == 0:
@@ -237,7 +241,8 @@ def ink_to_mnist(ink: np.ndarray) -> np.ndarray:
     mass = ndimage.sum(ink, labels, index=index)
     boxes = ndimage.find_objects(labels)
     faint = np.asarray(ndimage.maximum(ink, labels, index=index)) < FAINT
-    parts = digit_parts(mass, boxes, *seed_choice(mass, boxes, ink.shape), faint=faint)
+    parts = digit_parts(mass, boxes, *seed_choice(mass, boxes, ink.shape), faint=faint,
+                        border_reach=0.6 if cut else 0.0)
     y0, y1, x0, x1 = bounds([boxes[i] for i in parts])
     grown = ndimage.binary_dilation(np.isin(labels, np.array(parts) + 1), iterations=2)
     crop = np.where(grown, ink, 0)[y0:y1, x0:x1]
@@ -266,11 +271,13 @@ def seed_choice(mass: np.ndarray, boxes: list, shape: tuple[int, int]) -> tuple[
     return (clear if mass[clear] >= 0.2 * mass[best] else best), border
 
 
-def digit_parts(mass: np.ndarray, boxes: list, start: int | None = None, border=None, faint=None) -> list[int]:
+def digit_parts(mass: np.ndarray, boxes: list, start: int | None = None, border=None, faint=None,
+                border_reach: float = 0.0) -> list[int]:
     """Which components make the digit: `start` (default: the heaviest), and every piece near the group.
 
-    Pieces marked in `border` (touching a photo's border) never get the far reach of heavy pieces;
-    light pieces marked `faint` never join.
+    Pieces marked in `border` (touching a photo's border: a shadow's wedge, a line's end) reach at
+    most `border_reach` group sizes; at 0 they join only as light pieces do, lying wholly close to
+    the group. Light pieces marked `faint` never join.
 
     Growing from the heaviest component keeps a broken stroke or a 5's detached bar (they lie close),
     while leftover line pieces, dust or a shadow's edge elsewhere in the photo stay out: they would
@@ -283,7 +290,7 @@ def digit_parts(mass: np.ndarray, boxes: list, start: int | None = None, border=
     ref = mass[parts[0]]
     reach = np.where(mass >= 0.5 * ref, 1.5, np.where(mass >= 0.15 * ref, 0.6, 0.0))
     if border is not None:
-        reach = np.where(border, np.minimum(reach, 0.6), reach)
+        reach = np.where(border, np.minimum(reach, border_reach), reach)
     while rest:
         y0, y1, x0, x1 = bounds([boxes[i] for i in parts])
         far = reach * max(y1 - y0, x1 - x0) + 2

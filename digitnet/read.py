@@ -165,7 +165,7 @@ def read_number(image, classifier, min_confidence: float = 0.0) -> dict:
         out = []
         for crop in crops:
             try:
-                out.append(preprocess.ink_to_mnist(crop))
+                out.append(preprocess.ink_to_mnist(crop, cut=True))
             except DigitnetError:
                 out.append(None)  # a fragment too faint to hold a digit once isolated
         return out

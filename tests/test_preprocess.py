@@ -225,6 +225,31 @@ def test_paper_grain_around_a_small_photo_s_digit_does_not_shrink_it():
     assert similar(seen, to_mnist(clean)) > 0.7  # (it was 0.01)
 
 
+def test_a_piece_at_the_photo_s_border_joins_the_digit_only_from_close_by():
+    # A hard shadow's edge leaves a wedge of "ink" where it meets the photo's border, often as
+    # heavy as the digit beside it. Heavy pieces join from up to 1.5 group sizes away, border
+    # pieces used to from 0.6: the wedge joined and the digit shrank in its box (a 0 read as a 9,
+    # a 7 as a 1). A border piece now joins as light pieces do: lying wholly within a quarter of
+    # the group's size.
+    from digitnet.preprocess import digit_parts
+
+    digit = (slice(50, 100), slice(50, 90))  # 50 high: a quarter is 12.5 (+2)
+    wedge = (slice(95, 140), slice(85, 140))  # overlapping the digit's box, running to the border
+    stub = (slice(98, 112), slice(60, 70))  # a bit of the digit cut off by the border, within reach
+    mass, boxes, border = np.array([100.0, 60.0, 20.0]), [digit, wedge, stub], np.array([False, True, True])
+    assert digit_parts(mass, boxes, 0, border=border) == [0, 2]
+    assert digit_parts(mass, boxes, 0) == [0, 1, 2]  # not at a border: heavy pieces reach far
+
+
+def test_a_shadow_wedge_beside_a_digit_does_not_join_it(make_realistic, mnist_test, default_model):
+    from digitnet.read import read_digits
+
+    # A ballpoint 0 near the top of a ruled photo; a shadow's corner at the bottom right joined it.
+    im, label, _, _ = make_realistic.make_single(59, 12, *mnist_test)
+    assert label == 0
+    assert read_digits(default_model, to_mnist(im)[None]).argmax() == 0  # (a 9 before)
+
+
 @pytest.mark.parametrize("blank", [
     Image.new("L", (100, 100), 255),
     Image.new("RGB", (300, 200), (120, 130, 140)),
