@@ -70,16 +70,17 @@ def test_a_sheet_on_a_grained_desk_is_found(item, make_realistic, mnist_test, de
 
 
 @pytest.mark.parametrize("item", [7, 41, 57])  # a shadow across the sheet; pencil; marker
-def test_a_found_sheet_holds_dark_writing(item, make_realistic, mnist_test, default_model):
-    # With the desk painted over, the polarity test can still lean to light ink (a shadow across the
-    # sheet splits the ring), and the paper became the "digit". The finder looks for light paper
-    # with dark writing, so a found sheet settles the polarity.
-    from digitnet.preprocess import dark_ink
+def test_a_found_sheet_holds_dark_writing(item, make_realistic, mnist_test, default_model, monkeypatch):
+    # With the desk painted over, the polarity test leaned to light ink on these photos (a shadow
+    # across the sheet splits the ring), and the paper became the "digit". The finder looks for
+    # light paper with dark writing, so a found sheet settles the polarity, whatever the vote says
+    # (dark_ink itself now gets these right too: a split ring needs light ink to win twice over).
+    import digitnet.preprocess as preprocess
     from digitnet.sheet import paper_only
 
     photo, label, _, _ = make_realistic.make_desk(item, 6, *mnist_test, make_realistic.handwriting_fonts())
-    grey, sheet = paper_only(to_grey(photo))
-    assert sheet is not None and not dark_ink(grey)  # the case this is about
+    assert paper_only(to_grey(photo))[1] is not None
+    monkeypatch.setattr(preprocess, "dark_ink", lambda grey: False)  # the vote these photos lost
     assert default_model.predict(to_mnist(photo)[None]).argmax() == label
 
 
