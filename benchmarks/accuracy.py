@@ -162,6 +162,10 @@ def report(out: Path, results_file: Path, only: str | None = None) -> dict:
         if only and only not in groups:
             continue
         runs = [out / r["run"] for g in groups if g in table for r in table[g]["runs"]]
+        if missing := [r.name for r in runs if not (r / "model.json").exists()]:
+            # /tmp loses runs across machines; a committee is only scored whole (its old entry stays)
+            print(f"accuracy: {name} not re-scored: {', '.join(missing)} not in {out}", file=sys.stderr)
+            continue
         if len(runs) > 1 and all(g in table for g in groups):
             table[name] = {"command": " + ".join(table[g]["command"] for g in groups), "runs": [],
                            "members": [r.name for r in runs],
