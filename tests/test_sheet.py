@@ -176,3 +176,60 @@ def test_a_number_on_a_slip_of_paper_on_a_desk_is_read():
     wide = on_desk(slip, 40, 2.0, (300, 50), size=(1000, 260))
     assert paper_only(to_grey(wide))[1] is not None
     assert read_number(wide, digitnet.load(None))["text"] == "777"
+
+
+def test_a_slip_whose_bold_digits_run_to_its_edges_is_a_sheet():
+    # Strokes reaching the slip's edges cut notches that holes-filling cannot close; the light
+    # region then filled 0.6-0.78 of its rectangle and was refused. Its hull fills it.
+    from digitnet.sheet import paper_only
+
+    slip = Image.new("L", (300, 110), 235)
+    draw = ImageDraw.Draw(slip)
+    for left in (20, 120, 210):  # three fat 7s, their stems running off the slip's bottom edge
+        draw.line([(left, 28), (left + 60, 32), (left + 25, 110)], fill=35, width=22, joint="curve")
+    photo = on_desk(slip, 60, 3.0, (70, 110), size=(460, 340))
+    grey, sheet = paper_only(to_grey(photo))
+    assert sheet is not None and 0.15 < sheet.mean() < 0.35
+    assert np.median(grey[~sheet]) > 0.8  # the desk painted over with the paper's brightness
+
+
+def test_a_slip_half_in_shadow_is_found_whole_not_only_its_lit_part():
+    # A straight shadow edge leaves the lit part a quadrilateral that passes for a sheet on its
+    # own; the shaded rest, clearly lighter than the desk, belongs to it. A lighter patch of desk
+    # beside a slip is not taken in with it.
+    from digitnet.sheet import paper_only
+
+    slip = np.full((120, 320), 235, np.float32)
+    slip[:, 190:] *= 0.4  # the right part in shadow (94 of 255), still lighter than the desk (40)
+    im = Image.fromarray(slip.astype(np.uint8))
+    draw = ImageDraw.Draw(im)
+    for left in (30, 130, 230):
+        draw.line([(left, 25), (left + 50, 28), (left + 20, 95)], fill=30, width=8, joint="curve")
+    photo = on_desk(im, 40, 0.0, (80, 100), size=(480, 320))
+    grey, sheet = paper_only(to_grey(photo))
+    assert sheet is not None
+    assert sheet[100:220, 80:400].mean() > 0.8  # lit and shaded part
+    assert sheet[:90].mean() < 0.02 and sheet[230:].mean() < 0.02
+
+    desk = np.full((320, 480), 40, np.float32)
+    desk[:, 300:] = 70  # a lighter board beside the slip: desk, not shaded paper
+    canvas = Image.fromarray(desk.astype(np.uint8))
+    plain = Image.new("L", (180, 120), 235)
+    for left in (20, 100):
+        ImageDraw.Draw(plain).line([(left, 25), (left + 50, 28), (left + 20, 95)], fill=30, width=8, joint="curve")
+    canvas.paste(plain, (100, 100))
+    grey, sheet = paper_only(to_grey(canvas))
+    assert sheet is not None and sheet[:, 300:].mean() < 0.02
+
+
+@pytest.mark.parametrize("item, text", [(82, "394"), (113, "112"), (143, "7626")])
+def test_numbers_on_slips_that_lost_their_sheet_are_read(item, text, make_realistic, mnist_test, default_model):
+    # From the seed-14 development set: bold digits notching the slip (394, 112), a shadow across
+    # it (7626). Without the sheet the desk decided the polarity and the slip became the "digits".
+    from digitnet.read import read_number
+    from digitnet.sheet import paper_only
+
+    photo, truth, _, _ = make_realistic.make_desk_number(item, 14, *mnist_test, make_realistic.handwriting_fonts())
+    assert truth == text
+    assert paper_only(to_grey(photo))[1] is not None
+    assert read_number(photo, default_model)["text"] == text
