@@ -22,6 +22,7 @@ run this network on a CPU (README, Speed), under ONNX Runtime they pay less.
 from __future__ import annotations
 
 import io
+import math
 import tempfile
 import warnings
 from pathlib import Path
@@ -82,24 +83,42 @@ def onnx_session(model_bytes_or_path, threads: int = 0):
         raise DigitnetError(f"{_name(model_bytes_or_path)}: not a usable ONNX model ({_first_line(e)})") from None
 
 
-def openvino_request(path: Path, threads: int = 0):
+def openvino_runner(path: Path, threads: int = 0):
     """A function running an ONNX file under OpenVINO on the CPU: uint8 (N, 28, 28) -> probabilities."""
     try:
         import openvino
     except ImportError:
         raise DigitnetError("the openvino runtimes need OpenVINO: pip install 'digitnet[export]' "
                             "(or .venv/bin/pip install openvino)") from None
-    # LATENCY puts every core on one request: THROUGHPUT's default of one stream per core halves
-    # the speed of a caller that waits for each batch, as predict does (measured, README Speed).
     # f32 keeps OpenVINO from running fp32 models in bf16 on CPUs that have it, unasked.
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    # One chunk runs as a LATENCY request (every core on it). Many chunks go to a queue of requests
+    # on THROUGHPUT's streams (one per core), each running whole chunks: no core waits for another
+    # inside a chunk. A single LATENCY request per chunk ran 45-50k images/s at batch 10,000, the
+    # queue 64-69k (/tmp script, shipped int8 model); a caller waiting on one THROUGHPUT request at a
+    # time gets one core, half the speed (README Speed).
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
+    core = openvino.Core()
     try:
-        request = openvino.Core().compile_model(str(path), "CPU", config).create_infer_request()
+        request = core.compile_model(str(path), "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+        many = core.compile_model(str(path), "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
     except Exception as e:  # OpenVINO's errors are RuntimeErrors with the whole C++ context
         raise DigitnetError(f"{path}: not a usable ONNX model for OpenVINO ({_first_line(e)})") from None
-    return lambda pixels: request.infer({0: pixels})[0].copy()  # the output buffer is reused
+    queue = openvino.AsyncInferQueue(many, many.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+
+    def run(pixels: np.ndarray) -> np.ndarray:
+        if len(pixels) <= CHUNK or len(queue) < 2:
+            return np.concatenate([request.infer({0: pixels[i:i + CHUNK]})[0].copy()  # the buffer is reused
+                                   for i in range(0, len(pixels), CHUNK)])
+        out = [None] * math.ceil(len(pixels) / CHUNK)
+        queue.set_callback(lambda done, k: out.__setitem__(k, done.get_output_tensor(0).data.copy()))
+        for k in range(len(out)):
+            queue.start_async({0: pixels[k * CHUNK:(k + 1) * CHUNK]}, k)
+        queue.wait_all()
+        return np.concatenate(out)
+
+    return run
 
 
 def _name(src) -> str:
@@ -247,10 +266,11 @@ class OnnxClassifier:
             flags = " --int8" if file == INT8_FILE else ""
             raise DigitnetError(f"{path}: missing; run `digitnet export {self.run_dir} --format onnx{flags}` first")
         if engine == "openvino":
-            self._run = openvino_request(path, threads)
+            self._run = openvino_runner(path, threads)
         else:
             session = onnx_session(path if model is None else model, threads)
-            self._run = lambda pixels: session.run(None, {"pixels": pixels})[0]
+            self._run = lambda pixels: np.concatenate([session.run(None, {"pixels": pixels[i:i + CHUNK]})[0]
+                                                       for i in range(0, len(pixels), CHUNK)])
 
     def prepare(self, images) -> np.ndarray:
         from digitnet.read import Classifier
@@ -262,6 +282,6 @@ class OnnxClassifier:
         x = np.ascontiguousarray(self.prepare(images), dtype=np.uint8)
         if len(x) == 0:
             return np.zeros((0, len(self.class_names)), np.float32)
-        # In chunks, as predict_logits does for PyTorch: one run over 10,000 images holds ~0.9 GB per
-        # activation and ran 5x slower per image than chunks of 256 (benchmarks/infer_bench.py).
-        return np.concatenate([self._run(x[i:i + CHUNK]) for i in range(0, len(x), CHUNK)])
+        # Each runtime runs chunks of CHUNK, as predict_logits does for PyTorch: one run over 10,000
+        # images holds ~0.9 GB per activation and ran 5x slower per image (benchmarks/infer_bench.py).
+        return self._run(x)
