@@ -165,6 +165,9 @@ def test_other_runtimes_answer_like_torch(exported_int8, runtime):
     model = OnnxClassifier(run_dir, runtime=runtime)
     got = model.predict(x)
     assert got.shape == (600, 10) and model.predict(x[0]).shape == (1, 10)
+    # 600 images are three chunks (OpenVINO: on its queue of requests), in order, as one at a time.
+    one_by_one = np.concatenate([model.predict(x[i:i + 256]) for i in range(0, 600, 256)])
+    np.testing.assert_allclose(got, one_by_one, atol=1e-6)
     np.testing.assert_allclose(got.sum(1), 1, atol=1e-4)
     if runtime == "openvino":
         assert np.abs(got - expected).max() < 1e-4
