@@ -94,7 +94,7 @@ def openvino_runner(path: Path, threads: int = 0):
     # One chunk runs as a LATENCY request (every core on it). Many chunks go to a queue of requests
     # on THROUGHPUT's streams (one per core), each running whole chunks: no core waits for another
     # inside a chunk. A single LATENCY request per chunk ran 45-50k images/s at batch 10,000, the
-    # queue 64-69k (/tmp script, shipped int8 model); a caller waiting on one THROUGHPUT request at a
+    # queue 64-69k (/tmp script, an int8 seed model); a caller waiting on one THROUGHPUT request at a
     # time gets one core, half the speed (README Speed).
     config = {"INFERENCE_PRECISION_HINT": "f32"}
     if threads:
