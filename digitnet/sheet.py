@@ -30,16 +30,10 @@ def paper_only(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     sheet. Returns (grey, None) when no such sheet is found.
     """
     # A 256-pixel copy, at least 96 pixels across its short side: a slip with a number on it is
-    # photographed wide, and its copy would be too thin to find the slip in. A photo of 64 to 96
-    # pixels a side is searched on a copy enlarged to 96; a smaller image is a tight crop or a
-    # small digit image, not a photo of a desk.
+    # photographed wide, and its copy would be too thin to find the slip in.
     s = small_copy(grey, max(256, min(max(grey.shape), math.ceil(96 * max(grey.shape) / min(grey.shape)))))
-    if min(grey.shape) < 64:
+    if min(s.shape) < 96:  # a tight crop or a small digit image, not a photo of a desk
         return grey, None
-    if min(s.shape) < 96:
-        f = 96 / min(grey.shape)
-        size = (round(grey.shape[1] * f), round(grey.shape[0] * f))
-        s = np.asarray(Image.fromarray(grey.astype(np.float32), "F").resize(size, Image.BICUBIC), dtype=np.float32).clip(0, 1)
     smooth = ndimage.gaussian_filter(s, 1.0)
     # A shadow across the sheet splits it: its shaded part falls below Otsu's level with the desk,
     # and the lit part alone is no quadrilateral. Then the level that splits what lies below the

@@ -233,25 +233,3 @@ def test_numbers_on_slips_that_lost_their_sheet_are_read(item, text, make_realis
     assert truth == text
     assert paper_only(to_grey(photo))[1] is not None
     assert read_number(photo, default_model)["text"] == text
-
-
-def test_a_slip_in_a_small_photo_is_found(default_model, make_realistic, mnist_test):
-    # A photo under 96 pixels a side was never searched for a sheet (a tight crop or a small digit
-    # image is not a desk photo); from 64 pixels it is, on an enlarged copy. Without the sheet the
-    # dark desk made the slip the "digits".
-    from digitnet.read import read_number
-    from digitnet.sheet import paper_only
-
-    slip = Image.new("L", (110, 50), 235)
-    draw = ImageDraw.Draw(slip)
-    for left in (15, 62):
-        draw.line([(left, 9), (left + 30, 10), (left + 14, 42)], fill=30, width=4, joint="curve")
-    photo = on_desk(slip, 40, 3.0, (20, 14), size=(150, 80))
-    assert paper_only(to_grey(photo))[1] is not None
-    assert read_number(photo, default_model)["text"] == "77"
-    tiny = photo.resize((90, 48))  # under 64 pixels: still not searched
-    assert paper_only(to_grey(tiny))[1] is None
-    # A seed-14 development photo, 257x95 pixels.
-    photo, text, _, _ = make_realistic.make_desk_number(31, 14, *mnist_test, make_realistic.handwriting_fonts())
-    assert text == "078947" and min(photo.size) < 96
-    assert read_number(photo, default_model)["text"] == text
