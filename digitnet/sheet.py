@@ -51,6 +51,12 @@ def paper_only(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
             sheet, contrast = whole, whole_contrast
     if sheet is None:
         return grey, None
+    # A photographed desk has texture and noise; a ground of one flat value is a drawing or a
+    # rendered digit (the draw page's canvas, an upscaled MNIST digit), where a light 0 or 8 with
+    # its loops filled would pass every test below.
+    ground = s[~ndimage.binary_dilation(sheet, iterations=3)]
+    if ground.size and np.mean(np.abs(ground - np.median(ground)) < 0.5 / 255) > 0.95:
+        return grey, None
     # A desk shows around the sheet (much of the photo's outer ring), and the sheet's edge is a
     # step, where uneven light or a vignette only darkens the paper gradually.
     ring = np.ones_like(sheet)
