@@ -100,17 +100,23 @@ def openvino_runner(path: Path, threads: int = 0):
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     core = openvino.Core()
-    try:
-        request = core.compile_model(str(path), "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
-        many = core.compile_model(str(path), "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
-    except Exception as e:  # OpenVINO's errors are RuntimeErrors with the whole C++ context
-        raise DigitnetError(f"{path}: not a usable ONNX model for OpenVINO ({_first_line(e)})") from None
-    queue = openvino.AsyncInferQueue(many, many.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+
+    def compiled(hint: str):
+        try:
+            return core.compile_model(str(path), "CPU", {**config, "PERFORMANCE_HINT": hint})
+        except Exception as e:  # OpenVINO's errors are RuntimeErrors with the whole C++ context
+            raise DigitnetError(f"{path}: not a usable ONNX model for OpenVINO ({_first_line(e)})") from None
+
+    request = compiled("LATENCY").create_infer_request()
+    queues = []  # the queue is compiled (~40 ms) at the first batch that needs it, not for single images
 
     def run(pixels: np.ndarray) -> np.ndarray:
-        if len(pixels) <= CHUNK or len(queue) < 2:
-            return np.concatenate([request.infer({0: pixels[i:i + CHUNK]})[0].copy()  # the buffer is reused
-                                   for i in range(0, len(pixels), CHUNK)])
+        if len(pixels) <= CHUNK:
+            return request.infer({0: pixels})[0].copy()  # the output buffer is reused
+        if not queues:
+            many = compiled("THROUGHPUT")
+            queues.append(openvino.AsyncInferQueue(many, many.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        queue = queues[0]
         out = [None] * math.ceil(len(pixels) / CHUNK)
         queue.set_callback(lambda done, k: out.__setitem__(k, done.get_output_tensor(0).data.copy()))
         for k in range(len(out)):
