@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from digitnet.errors import DigitnetError
 from digitnet.images import load_image
-from digitnet.preprocess import dark_ink, ink_map, ink_to_mnist, to_grey, to_mnist
+from digitnet.preprocess import dark_ink, flat_ground, ink_map, ink_to_mnist, to_grey, to_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -174,6 +174,53 @@ def test_a_tight_crop_mostly_covered_by_ink_is_read():
     framed = Image.new("L", (200, 220), 10)
     framed.paste(im, (60, 70))
     assert similar(to_mnist(im), to_mnist(framed)) > 0.85
+
+
+def cut_to_edges(digit: np.ndarray, side: int) -> np.ndarray:
+    """An MNIST digit cropped to its ink and stretched to side x side, as USPS's digits are made."""
+    ys, xs = np.nonzero(digit > 30)
+    crop = Image.fromarray(digit[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
+    return np.asarray(crop.resize((side, side), Image.BILINEAR))
+
+
+def test_digits_cut_to_their_edges_are_read_either_way_round(mnist_test):
+    # White on black, such a digit touches the frame all round and covers much of its ring: the photo
+    # rules took 411 of 1,000 of them for dark ink (the black ground became the "digit"). Its flat
+    # ground now decides (a few fat digits leave too little of it, and the photo rules still judge those).
+    x, _ = mnist_test
+    same = []
+    for digit in x[:150]:
+        light = cut_to_edges(digit, 16)
+        try:
+            same.append(similar(to_mnist(light), to_mnist(255 - light)) > 0.99)
+        except DigitnetError:  # the black ground taken for ink, and found blank
+            same.append(False)
+    assert np.mean(same) >= 0.95
+
+
+def test_an_upscaled_8x8_digit_without_a_margin_keeps_its_polarity(mnist_test):
+    # scikit-learn's digits are 8x8; upscaled without a margin, their fat strokes reach the frame,
+    # and the photo rules took 130 of 600 of them, white on black, for dark ink.
+    x, _ = mnist_test
+    for digit in x[:150]:
+        ys, xs = np.nonzero(digit)
+        crop = Image.fromarray(digit[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
+        small = np.pad(np.asarray(crop.resize((6, 8), Image.BOX)), ((0, 0), (1, 1)))  # 8x8, as sklearn's
+        blocky = np.asarray(Image.fromarray(small).resize((64, 64), Image.BILINEAR))
+        assert flat_ground(to_grey(blocky)) is False and flat_ground(to_grey(255 - blocky)) is True
+        assert similar(to_mnist(blocky), to_mnist(255 - blocky)) > 0.99
+
+
+def test_a_photo_has_no_flat_ground_and_a_clean_image_has():
+    rng = np.random.default_rng(0)
+    clean = np.asarray(seven())
+    assert flat_ground(to_grey(clean)) is True
+    assert flat_ground(to_grey(255 - clean)) is False
+    noisy = np.clip(clean + rng.normal(0, 4, clean.shape), 0, 255).astype(np.uint8)
+    assert flat_ground(to_grey(noisy)) is None
+    # Ink crushed to black in a photo of noisy paper is no ground, even where it covers much of the ring.
+    bold = np.where(np.asarray(seven(width=40)) < 128, 0, noisy).astype(np.uint8)
+    assert flat_ground(to_grey(bold)) is None
 
 
 def test_a_bold_grey_digit_filling_a_grainy_photo_is_found():
