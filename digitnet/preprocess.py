@@ -34,6 +34,9 @@ FAINT = 0.5
 # A clean digit image (a dataset's digit, a screenshot, a drawing) has a ground of one exact value:
 # it holds this share of the image and of its outer ring, at one end of the grey range.
 FLAT_SHARE, FLAT_RING = 0.15, 0.25
+# A clean image this small (scikit-learn's 8x8 digits, USPS's 16x16) is a dataset's digit, smaller
+# than any photo worth reading: it is taken as it is.
+TINY_SIDE = 16
 MNIST_BOX = 20  # MNIST digits fit a 20x20 box ...
 MNIST_CENTRE = 14.0  # ... whose centre of mass sits at (14, 14): the MNIST test set's mean is 13.99, 14.01
 
@@ -107,6 +110,11 @@ def ink_map(image) -> np.ndarray:
     # A sheet found on a desk is light paper with dark writing (the finder looks for just that).
     if sheet is None and not (dark_ink(grey) if light_ground is None else light_ground):
         grey = 1 - grey  # chalk on a board: make it dark ink on light, one path for both
+    if light_ground is not None and max(grey.shape) <= TINY_SIDE:
+        # No paper, light or lines to take out, and at 8 pixels the photo steps' windows (3 pixels
+        # at least) take a stroke for paper: its ink is its distance from the ground.
+        ink = darkness(grey, np.full_like(grey, grey.max()))
+        return (ink / float(ink.max())).astype(np.float32)
     bg = background(grey)
     ink = darkness(grey, bg)
     ink = fill_thick_strokes(grey, ink)
