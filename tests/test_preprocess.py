@@ -13,7 +13,8 @@ from scipy import ndimage
 
 from digitnet.errors import DigitnetError
 from digitnet.images import load_image
-from digitnet.preprocess import dark_ink, flat_ground, ink_map, ink_to_mnist, to_grey, to_mnist
+from digitnet.polarity import dark_ink, flat_ground
+from digitnet.preprocess import ink_map, ink_to_mnist, to_grey, to_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
 
