@@ -14,7 +14,7 @@ from scipy import ndimage
 from digitnet.errors import DigitnetError
 from digitnet.images import load_image
 from digitnet.polarity import dark_ink, flat_ground
-from digitnet.preprocess import ink_map, ink_to_mnist, to_grey, to_mnist
+from digitnet.preprocess import ink_map, ink_to_mnist, to_grey, to_mnist, unblock
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -219,6 +219,20 @@ def test_an_8x8_dataset_digit_is_taken_as_it_is(mnist_test):
         small = np.asarray(Image.fromarray(digit).resize((8, 8), Image.BOX))
         for image in (small, 255 - small):
             assert similar(to_mnist(image), ink_to_mnist(small / float(small.max()))) > 0.99
+
+
+def test_a_digit_enlarged_pixel_by_pixel_is_read_at_its_own_size(mnist_test):
+    x, _ = mnist_test
+    small = np.asarray(Image.fromarray(x[0]).resize((8, 8), Image.BOX))
+    big = np.asarray(Image.fromarray(small).resize((32, 40), Image.NEAREST))  # 4x and 5x
+    assert unblock(to_grey(big)).shape == (8, 8)
+    assert np.array_equal(to_mnist(big), to_mnist(small))
+    assert unblock(to_grey(np.kron(x[0], np.ones((10, 10), np.uint8)))).shape == (28, 28)  # 10x, not 5x or 2x
+    # Anything not made of equal blocks, a flat-ground drawing included, is left as it is.
+    assert unblock(to_grey(np.asarray(seven()))).shape == (140, 120)
+    noisy = np.kron(x[0], np.ones((4, 4), np.uint8)).astype(int)
+    noisy[50, 50] += 1
+    assert unblock(to_grey(noisy.astype(np.uint8))).shape == (112, 112)
 
 
 def test_a_photo_has_no_flat_ground_and_a_clean_image_has():
