@@ -104,7 +104,7 @@ def ink_map(image) -> np.ndarray:
     Images with a side over WORK_SIDE are reduced first, so H', W' may be smaller than the input;
     scale boxes by image size / ink size to map back.
     """
-    grey, sheet = paper_only(small_copy(unblock(to_grey(image)), WORK_SIDE))
+    grey, sheet = paper_only(panel(small_copy(unblock(to_grey(image)), WORK_SIDE)))
     light_ground = flat_ground(grey) if sheet is None else None
     # A sheet found on a desk is light paper with dark writing (the finder looks for just that).
     if sheet is None and not (dark_ink(grey) if light_ground is None else light_ground):
@@ -123,6 +123,34 @@ def ink_map(image) -> np.ndarray:
         page = ndimage.find_objects(sheet.astype(np.int8))[0]  # ruled lines end at the sheet's edges
     ink[page] = remove_lines(ink[page])
     return normalise(ink, sheet)
+
+
+def panel(grey: np.ndarray) -> np.ndarray:
+    """A digit image shown in a figure (matplotlib's imshow saved with its white margin): the panel,
+    cut out; any other image as it is.
+
+    On the figure's flat margin the panel (white digit on black, as MNIST is shown) is one large dark
+    rectangle, which the steps below took for the ink: 9 of 100 such figures were read right. A
+    panel fills its bounding box (the digit's strokes inside are holes in it), and its edges are
+    straight to the pixel, where a hand-drawn or printed square 0 is neither.
+    """
+    light = flat_ground(grey)
+    if light is None:
+        return grey
+    far = np.abs(grey - (grey.max() if light else grey.min())) > 0.5
+    labels, n = ndimage.label(far)
+    if n == 0:
+        return grey
+    biggest = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    ys, xs = ndimage.find_objects(biggest.astype(np.int8))[0]
+    box, h, w = biggest[ys, xs], ys.stop - ys.start, xs.stop - xs.start
+    if h < 0.3 * grey.shape[0] or w < 0.3 * grey.shape[1] or min(h, w) < 8 or (h, w) == grey.shape:
+        return grey
+    edges = np.concatenate([box[0], box[-1], box[:, 0], box[:, -1]])
+    inside = box[1:-1, 1:-1]
+    if edges.mean() >= 0.95 and inside.mean() >= 0.5 and (~inside).mean() >= 0.02:
+        return np.ascontiguousarray(grey[ys, xs])
+    return grey
 
 
 def unblock(grey: np.ndarray) -> np.ndarray:
