@@ -3,8 +3,9 @@
 A photo of a digit is turned into what MNIST was made of, in three steps:
 
     load_image(path or bytes)   safe opening (digitnet/images.py): bad files, bombs, animations refused
-    ink_map(image)              float32 (H, W) in [0, 1], white ink on black: a sheet on a desk
-                                found (digitnet/sheet.py), polarity decided (digitnet/polarity.py),
+    ink_map(image)              float32 (H, W) in [0, 1], white ink on black: an image made for
+                                display taken back to what it shows (digitnet/display.py), a sheet
+                                on a desk found (digitnet/sheet.py), polarity decided (digitnet/polarity.py),
                                 background and uneven light divided out, ruled lines removed
                                 (digitnet/lines.py), then paper noise, specks and edges left out
                                 (digitnet/clean.py)
@@ -21,6 +22,7 @@ from PIL import Image
 from scipy import ndimage
 
 from digitnet.clean import INK_LEVEL, normalise
+from digitnet.display import panel, unblock
 from digitnet.errors import DigitnetError
 from digitnet.images import small_copy
 from digitnet.lines import remove_lines
@@ -104,7 +106,10 @@ def ink_map(image) -> np.ndarray:
     Images with a side over WORK_SIDE are reduced first, so H', W' may be smaller than the input;
     scale boxes by image size / ink size to map back.
     """
-    grey, sheet = paper_only(panel(small_copy(unblock(to_grey(image)), WORK_SIDE)))
+    grey = to_grey(image)
+    if max(grey.shape) <= WORK_SIDE:  # larger ones are photos; each factor tried costs a pass
+        grey = unblock(grey)
+    grey, sheet = paper_only(panel(small_copy(grey, WORK_SIDE)))
     light_ground = flat_ground(grey) if sheet is None else None
     # A sheet found on a desk is light paper with dark writing (the finder looks for just that).
     if sheet is None and not (dark_ink(grey) if light_ground is None else light_ground):
@@ -123,61 +128,6 @@ def ink_map(image) -> np.ndarray:
         page = ndimage.find_objects(sheet.astype(np.int8))[0]  # ruled lines end at the sheet's edges
     ink[page] = remove_lines(ink[page])
     return normalise(ink, sheet)
-
-
-def panel(grey: np.ndarray) -> np.ndarray:
-    """A digit image shown in a figure (matplotlib's imshow saved with its white margin): the panel,
-    cut out; any other image as it is.
-
-    On the figure's flat margin the panel (white digit on black, as MNIST is shown) is one large dark
-    rectangle, which the steps below took for the ink: 9 of 100 such figures were read right. A
-    panel fills its bounding box (the digit's strokes inside are holes in it), and its edges are
-    straight to the pixel, where a hand-drawn or printed square 0 is neither.
-    """
-    light = flat_ground(grey)
-    if light is None:
-        return grey
-    far = np.abs(grey - (grey.max() if light else grey.min())) > 0.5
-    labels, n = ndimage.label(far)
-    if n == 0:
-        return grey
-    biggest = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
-    ys, xs = ndimage.find_objects(biggest.astype(np.int8))[0]
-    box, h, w = biggest[ys, xs], ys.stop - ys.start, xs.stop - xs.start
-    if h < 0.3 * grey.shape[0] or w < 0.3 * grey.shape[1] or min(h, w) < 8 or (h, w) == grey.shape:
-        return grey
-    edges = np.concatenate([box[0], box[-1], box[:, 0], box[:, -1]])
-    inside = box[1:-1, 1:-1]
-    if edges.mean() >= 0.95 and inside.mean() >= 0.5 and (~inside).mean() >= 0.02:
-        return np.ascontiguousarray(grey[ys, xs])
-    return grey
-
-
-def unblock(grey: np.ndarray) -> np.ndarray:
-    """An image enlarged by repeating each pixel (k rows by m columns: a small digit blown up for
-    display) back at its own size; any other image as it is.
-
-    Such an enlargement adds nothing but blocks, and at its size the photo steps see a small digit's
-    strokes as wide as a marker's: scikit-learn's 8x8 digits shown at 32x32 read 91.7%, at 8x8
-    97.1%. No photo is made of exactly equal blocks; images over WORK_SIDE are left alone.
-    """
-    if not 4 <= min(grey.shape) <= max(grey.shape) <= WORK_SIDE:
-        return grey
-    rows, cols = repeat_factor(grey), repeat_factor(grey.T)
-    return np.ascontiguousarray(grey[::rows, ::cols]) if rows > 1 and cols > 1 else grey
-
-
-def repeat_factor(a: np.ndarray) -> int:
-    """The largest k such that a's rows come in runs of k equal rows (1 if none)."""
-    h = a.shape[0]
-    if not np.array_equal(a[0], a[1]):
-        return 1  # the first two rows of any such enlargement are equal
-    for k in range(h // 2, 1, -1):  # the largest first: 10x is also 5x and 2x
-        if h % k == 0:
-            runs = a.reshape(h // k, k, -1)
-            if np.array_equal(runs.max(axis=1), runs.min(axis=1)):
-                return k
-    return 1
 
 
 def darkness(grey: np.ndarray, bg: np.ndarray) -> np.ndarray:

@@ -11,10 +11,11 @@ import pytest
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from digitnet.display import panel, unblock
 from digitnet.errors import DigitnetError
 from digitnet.images import load_image
 from digitnet.polarity import dark_ink, flat_ground
-from digitnet.preprocess import ink_map, ink_to_mnist, panel, to_grey, to_mnist, unblock
+from digitnet.preprocess import ink_map, ink_to_mnist, to_grey, to_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
 
