@@ -4,7 +4,9 @@
     small_copy(array, side) -> array         an area-averaged copy no longer than `side`
 
 Not an image, empty, truncated, zero-size, animated or multi-frame, and decompression bombs (checked
-from the header, so a 20000x20000 PNG of a few KB costs nothing) are all refused.
+from the header, so a 20000x20000 PNG of a few KB costs nothing) are all refused. Besides Pillow's
+own formats (PNG, JPEG, WebP, AVIF, TIFF, BMP, GIF, PNM), HEIC/HEIF phone photos open through
+pillow-heif, which applies their rotation as it decodes.
 """
 from __future__ import annotations
 
@@ -16,6 +18,18 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from digitnet.errors import DigitnetError
+
+try:
+    from pillow_heif import register_heif_opener
+except ImportError:  # an install without it still reads every other format
+    register_heif_opener = None
+else:
+    register_heif_opener()
+
+# ISO base media "ftyp" brands of HEIF images (HEIC is HEVC-coded HEIF; AVIF is AV1-coded), to name
+# the format of a photo that does not open rather than calling it "not an image".
+HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+AVIF_BRANDS = {b"avif", b"avis"}
 
 # Refuse images at or above this side or pixel count before decoding: a 20000x20000 PNG is a few KB
 # on disk but 400 M pixels (1.2 GB as RGB) once decoded.
@@ -60,11 +74,19 @@ def load_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> Imag
             raise ImageTooLarge(f"{name}: too large (decompression bomb?); the limit is "
                                 f"{max_pixels:,} pixels and sides under {MAX_SIDE}") from None
         except Image.UnidentifiedImageError:
-            size = header_size(bytes(source[:32]) if isinstance(source, (bytes, bytearray)) else read_head(fp))
+            head = bytes(source[:32]) if isinstance(source, (bytes, bytearray)) else read_head(fp)
+            size = header_size(head)
             if size is not None and 0 in size:
                 raise DigitnetError(f"{name}: the image has zero size ({size[0]}x{size[1]})") from None
+            brand = head[8:12] if head[4:8] == b"ftyp" else b""
+            if brand in HEIF_BRANDS and register_heif_opener is None:
+                raise DigitnetError(f"{name}: a HEIC/HEIF photo; reading it needs pillow-heif "
+                                    f"(pip install pillow-heif)") from None
+            if brand in HEIF_BRANDS | AVIF_BRANDS:
+                raise DigitnetError(f"{name}: broken or truncated HEIC/HEIF/AVIF image") from None
             raise DigitnetError(f"{name}: not an image Pillow can read (try PNG or JPEG)") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as e:
+        except (OSError, SyntaxError, ValueError, EOFError, RuntimeError) as e:
+            # RuntimeError: the AVIF and HEIF decoders' word for a corrupt frame
             raise DigitnetError(f"{name}: broken or truncated image ({e})") from None
     return image
 

@@ -26,7 +26,7 @@ from digitnet.segment import find_digits, segment_digits  # noqa: F401 (segment_
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "default"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
-                  ".pbm", ".pnm"}
+                  ".pbm", ".pnm", ".heic", ".heif", ".avif"}
 MAX_STDIN_BYTES = 64 << 20  # a photo is a few MB; refuse to buffer an endless pipe
 NO_DIGIT = "no digit found"
 

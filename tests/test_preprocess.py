@@ -100,6 +100,21 @@ def test_exif_rotation_is_applied(tmp_path):
     assert similar(to_mnist(loaded), to_mnist(im)) > 0.9
 
 
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_phone_photo_formats_are_read_and_turned_upright(fmt):
+    """iPhones save photos as HEIC, Android phones and browsers increasingly as AVIF; the camera's
+    turn (EXIF orientation 6 here) comes back applied, as for a JPEG."""
+    im = seven().convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(im.rotate(90, expand=True), fmt, exif=exif.tobytes(), quality=90)  # stored sideways
+    loaded = load_image(data)
+    assert loaded.size == im.size
+    assert similar(to_mnist(loaded), to_mnist(im)) > 0.9
+    with pytest.raises(DigitnetError, match="broken or truncated"):
+        load_image(data[:len(data) // 2])
+
+
 def test_polarity_chalk_on_board_reads_like_ink_on_paper():
     paper = to_mnist(seven())
     board = to_mnist(Image.fromarray(255 - np.asarray(seven())))
