@@ -67,10 +67,17 @@ def to_grey(image) -> np.ndarray:
         a = np.asarray(image, dtype=np.float64)
         top = 255.0 if a.max() <= 255 else 65535.0 if a.max() <= 65535 else a.max()
         return np.clip(a / top, 0, 1).astype(np.float32)
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
-    if not has_alpha:
-        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+    if image.mode == "LAB":  # a CIELAB TIFF: its L channel is the lightness (Pillow converts LAB to nothing)
+        return np.asarray(image.getchannel("L"), dtype=np.float32) / 255.0
+    if image.mode in ("La", "RGBa"):  # premultiplied alpha: Pillow converts these only to plain alpha
+        image = image.convert(image.mode[:-1] + "A")
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    try:
+        if not has_alpha:
+            return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+    except ValueError as e:  # a mode Pillow cannot turn into grey or RGBA
+        raise DigitnetError(f"images of mode {image.mode} are not supported ({e})") from None
     alpha = rgba[..., 3]
     grey = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
     on_white = grey * alpha + (1 - alpha)

@@ -57,7 +57,8 @@ def test_output_is_mnist_like():
     assert x[0].max() == x[-1].max() == x[:, 0].max() == x[:, -1].max() == 0
 
 
-@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "CMYK", "I;16", "I", "F", "LA", "1"])
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "CMYK", "I;16", "I", "F", "LA", "1", "LAB", "La", "RGBa", "HSV",
+                                  "YCbCr"])
 def test_every_mode_gives_the_same_digit(mode):
     ref = to_mnist(seven())
     im = seven()
@@ -65,6 +66,8 @@ def test_every_mode_gives_the_same_digit(mode):
         im = Image.fromarray(np.asarray(im).astype(np.uint16) * 257)
     elif mode == "1":
         im = im.point(lambda v: 255 if v > 128 else 0).convert("1")
+    elif mode in ("La", "RGBa"):  # premultiplied alpha (a CIELAB TIFF opens as "LAB")
+        im = im.convert(mode[:-1] + "A").convert(mode)
     else:
         im = im.convert(mode)
     assert similar(to_mnist(im), ref) > 0.9
