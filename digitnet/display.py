@@ -29,7 +29,8 @@ def panel(grey: np.ndarray) -> np.ndarray:
     lies the rest of the digit). A dark panel with some light inside is cut out at its edges. A
     thin frame (the axes' lines round a light panel, cmap "gray_r", or a form's box) holding a
     little ink clear of its lines is cut inside them; a 0's outline has nothing inside, or its
-    strokes run into the outline.
+    strokes run into the outline. (In a photo, whose ground is not flat, a box's lines are left out
+    of the ink map later: clean.drop_specks_and_borders.)
     """
     light = flat_ground(grey)
     if light is None:
