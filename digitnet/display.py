@@ -46,7 +46,8 @@ def panel(grey: np.ndarray) -> np.ndarray:
         return grey
     box = far[top:bottom, left:right]
     # A panel's or frame's corners are square to the pixel; a drawn square 0's are rounded.
-    if _rim(box).mean() < RIM or not box[[0, 0, -1, -1], [0, -1, 0, -1]].all():
+    rim_dark = _rim(box).mean()
+    if rim_dark < RIM or not box[[0, 0, -1, -1], [0, -1, 0, -1]].all():
         return grey
     # Around a panel lies the figure's margin (tick marks and labels are sparse); around the dark
     # core of a digit drawn in blocks, the rest of the digit.
@@ -60,7 +61,7 @@ def panel(grey: np.ndarray) -> np.ndarray:
         shown = grey[top:bottom, left:right]
         # A margin only where the digit reaches the rim: a thick square 0 taken for a panel would
         # become a hole in a dark ground.
-        return _margin(shown) if _rim(box).mean() < 0.95 else np.ascontiguousarray(shown)
+        return _margin(shown) if rim_dark < 0.95 else np.ascontiguousarray(shown)
     # A frame: step inside its lines (rows and columns of the box dark nearly end to end).
     solid_rows, solid_cols = box.mean(1) >= 0.95, box.mean(0) >= 0.95
     t, b = _run(solid_rows), _run(solid_rows[::-1])
