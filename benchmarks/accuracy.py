@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/accuracy.py report                       # table + JSON, ensembles, TTA
     .venv/bin/python benchmarks/accuracy.py report best                  # re-score one group, keep the rest
     .venv/bin/python benchmarks/accuracy.py holdout fashion-flip-24      # hold-out only: does TTA pay?
+    .venv/bin/python benchmarks/accuracy.py committees --groups seed-augment best-24 wide --seeds 0 1 2 3 4 5
+                                                  # every committee of those groups, on the hold-out
 
 Groups (each a plain `digitnet train` command line, shown in the table):
   seed           the notebook (3 epochs, batch 32, Adam 1e-3)
@@ -20,6 +22,8 @@ Groups (each a plain `digitnet train` command line, shown in the table):
   fashion-wide-flip-24   fashion-flip-24 with the `wide` network (strong with 1.5x the channels)
   elastic        `--recipe best` with elastic distortion on top of the affine maps (dropped on the hold-out)
   wide           `--recipe best --model wide` (strong with 1.5x the channels)
+  seed-augment-ink  seed-augment with the pen changes as well (`--augment affine+ink`; a committee member
+                 trained on other distortions, dropped on the hold-out)
 
 Epochs and settings were chosen on the holdout (val_accuracy in history.json); the test set is read
 only by `report`, once per run, after training is over. Each group's runs form an ensemble (their
@@ -29,6 +33,7 @@ unless --out says otherwise; results to benchmarks/results/accuracy.json.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shlex
 import subprocess
@@ -58,6 +63,7 @@ GROUPS = {
                               "--epochs", "24"],
     "elastic": ["--recipe", "best", "--augment", "affine+elastic"],
     "wide": ["--recipe", "best", "--model", "wide"],
+    "seed-augment-ink": ["--recipe", "best", "--model", "seed", "--augment", "affine+ink"],
 }
 # Ensembles across groups, fixed before any test score was seen: every augmented MNIST run.
 COMMITTEES = {"committee (seed-augment + best)": ["seed-augment", "best"],
@@ -113,6 +119,50 @@ def holdout(out: Path, group: str) -> None:
         print(f"{name}: hold-out {plain:.2%}, with TTA {tta:.2%}")
     if rows:
         print(f"mean: hold-out {np.mean([r[1] for r in rows]):.2%}, with TTA {np.mean([r[2] for r in rows]):.2%}")
+
+
+def holdout_committees(out: Path, groups: list[str], seeds: list[int]) -> None:
+    """Every committee of `groups` on the hold-out, seed by seed: a choice made without the test set.
+
+    Runs of one seed hold out the same 5,000 images whatever their group (the split follows the
+    seed), so for each seed the groups' runs of that seed are scored together on their shared
+    hold-out; errors are summed over the seeds. A committee that wins here may then be fixed in
+    COMMITTEES before its test score is read."""
+    import torch
+
+    from digitnet.config import TrainConfig
+    from digitnet.ensemble import PLAIN, run_probabilities
+    from digitnet.model import load_model
+    from digitnet.train import load_splits
+
+    def wrong(probs) -> int:
+        return int((probs.argmax(1) != y).sum())
+
+    cpu = torch.device("cpu")
+    errors: dict[tuple[str, ...], int] = {}
+    total = 0
+    for seed in seeds:
+        runs = [out / f"{group}-s{seed}" for group in groups]
+        if missing := [r.name for r in runs if not (r / "model.json").exists()]:
+            print(f"seed {seed}: skipped, {', '.join(missing)} not trained", file=sys.stderr)
+            continue
+        probs, y = {}, None
+        for group, run in zip(groups, runs):
+            model, meta = load_model(run, cpu)
+            if not meta["config"].get("val_size"):
+                sys.exit(f"{run} has no hold-out (val_size 0)")
+            splits = load_splits(TrainConfig(**meta["config"]))
+            if y is not None and not torch.equal(splits.y_val, y):
+                sys.exit(f"{run} holds out other images than {runs[0]}")  # a different val_size
+            y = splits.y_val
+            probs[group] = run_probabilities(model, splits.x_val, cpu, PLAIN)
+        total += len(y)
+        for size in range(1, len(groups) + 1):
+            for combo in itertools.combinations(groups, size):
+                errors[combo] = errors.get(combo, 0) + wrong(torch.stack([probs[g] for g in combo]).mean(0))
+        print(f"seed {seed}: " + ", ".join(f"{g} {len(y) - wrong(probs[g])}/{len(y)}" for g in groups))
+    for combo, n in sorted(errors.items(), key=lambda kv: (kv[1], len(kv[0]))):
+        print(f"{n:4d} errors of {total} ({1 - n / total:.2%}): {' + '.join(combo)}")
 
 
 def report(out: Path, results_file: Path, only: str | None = None) -> dict:
@@ -201,9 +251,10 @@ def format_table(table: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["train", "report", "holdout"])
+    parser.add_argument("action", choices=["train", "report", "holdout", "committees"])
     parser.add_argument("group", nargs="?", choices=list(GROUPS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--groups", nargs="+", choices=list(GROUPS), help="committees: the groups to combine")
     parser.add_argument("--out", type=Path, default=Path("/tmp/g/accuracy"), help="parent of the run dirs")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks/results/accuracy.json")
     parser.add_argument("--lock-held", action="store_true",
@@ -218,6 +269,10 @@ def main() -> None:
         if not args.group:
             parser.error("holdout needs a group: " + ", ".join(GROUPS))
         holdout(args.out, args.group)
+    elif args.action == "committees":
+        if not args.groups:
+            parser.error("committees needs --groups")
+        holdout_committees(args.out, args.groups, args.seeds)
     else:
         report(args.out, args.results, args.group)
 

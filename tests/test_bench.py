@@ -158,3 +158,27 @@ def test_accuracy_report_of_one_group_keeps_the_others(tiny_run, tmp_path):
     assert 0.5 < entry["mean"] == entry["min"] == entry["runs"][0]["test_accuracy"] <= 1
     assert 0.5 < entry["tta"] == entry["tta_mean"] == entry["runs"][0]["test_tta_accuracy"] <= 1
     assert json.loads(results.read_text()) == table
+
+
+def test_committees_are_scored_on_the_hold_out_their_seed_shares(tmp_path, capsys):
+    """`accuracy.py committees`: per seed, the groups' runs scored together on their common hold-out;
+    each group alone gives the errors its own hold-out accuracy says, and a committee is counted too."""
+    import re
+
+    import accuracy
+
+    runs = tmp_path / "runs"
+    for group, epochs in (("seed", 1), ("seed-augment", 2)):
+        digitnet.train(epochs=epochs, limit_train=1500, val_size=300, out_dir=str(runs), name=f"{group}-s0",
+                       log="quiet", seed=0)
+    accuracy.holdout_committees(runs, ["seed", "seed-augment"], [0, 1])  # seed 1 has no runs: skipped
+    printed = capsys.readouterr()
+    assert "seed 1: skipped" in printed.err
+    lines = re.findall(r"^ *(\d+) errors of (\d+) \(.*\): (.*)$", printed.out, re.M)
+    assert {total for _, total, _ in lines} == {"300"}  # seed 0's hold-out only
+    counts = {tuple(combo.split(" + ")): int(n) for n, _, combo in lines}
+    assert set(counts) == {("seed",), ("seed-augment",), ("seed", "seed-augment")}
+    for group in ("seed", "seed-augment"):
+        plain, _ = accuracy.holdout_accuracy(runs / f"{group}-s0")
+        assert counts[(group,)] == round((1 - plain) * 300)
+    assert 0 <= counts[("seed", "seed-augment")] < 300 * 0.5  # two trained runs: far better than chance
