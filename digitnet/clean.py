@@ -12,6 +12,8 @@ from scipy import ndimage
 
 # Pixel classes of an ink map (values in [0, 1]).
 INK_LEVEL = 0.2  # above this a pixel counts as ink when cropping and finding components
+# A photo has at least this many pixels a side; smaller maps are a tight crop or a dataset's digit.
+PHOTO_SIDE = 64
 
 
 def normalise(ink: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
@@ -20,7 +22,7 @@ def normalise(ink: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
     `region` (bool, ink's shape) limits the paper statistics to the sheet when a desk was painted over.
     """
     raw = ink
-    photo = min(ink.shape) >= 64
+    photo = min(ink.shape) >= PHOTO_SIDE
     if photo:
         # Photos: paper grain is clumpy and one-sided, so smooth a little, then median and MAD.
         ink = ndimage.gaussian_filter(ink, 0.7)

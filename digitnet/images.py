@@ -118,6 +118,13 @@ def check_header(im: Image.Image, name: str, max_pixels: int = MAX_PIXELS) -> No
                             f"save one frame as PNG or JPEG")
 
 
+def enlarged(a: np.ndarray, factor: int) -> np.ndarray:
+    """Bicubic copy `factor` times larger each way, values kept in [0, 1]."""
+    h, w = a.shape
+    big = Image.fromarray(a.astype(np.float32), "F").resize((w * factor, h * factor), Image.BICUBIC)
+    return np.asarray(big, dtype=np.float32).clip(0, 1)
+
+
 def small_copy(a: np.ndarray, side: int) -> np.ndarray:
     """Area-averaged copy with longest side `side` (the array itself if already smaller)."""
     h, w = a.shape

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from digitnet.images import small_copy
+from digitnet.images import enlarged, small_copy
 
 
 # Line finding needs pixels: a line must stand out of its neighbours' profile. Smaller ink maps
@@ -28,8 +28,7 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
         return find_and_remove(ink)
     if min(h, w) < 8:
         return ink
-    f = int(np.ceil(SEARCH_SIDE / min(h, w)))
-    big = np.asarray(Image.fromarray(ink, "F").resize((w * f, h * f), Image.BICUBIC), dtype=np.float32).clip(0, 1)
+    big = enlarged(ink, int(np.ceil(SEARCH_SIDE / min(h, w))))
     removed = big - find_and_remove(big)
     if not removed.any():
         return ink

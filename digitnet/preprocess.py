@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from digitnet.clean import INK_LEVEL, normalise
+from digitnet.clean import INK_LEVEL, PHOTO_SIDE, normalise
 from digitnet.display import panel, unblock
 from digitnet.errors import DigitnetError
-from digitnet.images import small_copy
+from digitnet.images import enlarged, small_copy
 from digitnet.lines import remove_lines
 from digitnet.polarity import dark_ink, flat_ground
 from digitnet.sheet import paper_only
@@ -110,8 +110,8 @@ def array_grey(a: np.ndarray) -> np.ndarray:
 def ink_map(image) -> np.ndarray:
     """Any image -> float32 (H', W') in [0, 1], white ink on black, background and lines removed.
 
-    Images with a side over WORK_SIDE are reduced first, so H', W' may be smaller than the input;
-    scale boxes by image size / ink size to map back.
+    Images with a side over WORK_SIDE are reduced first and small photos enlarged, so H', W' may
+    differ from the input's; scale boxes by image size / ink size to map back.
     """
     grey = to_grey(image)
     if max(grey.shape) <= WORK_SIDE:  # larger ones are photos; each factor tried costs a pass
@@ -126,6 +126,11 @@ def ink_map(image) -> np.ndarray:
         # at least) take a stroke for paper: its ink is its distance from the ground.
         ink = darkness(grey, np.full_like(grey, grey.max()))
         return (ink / float(ink.max())).astype(np.float32)
+    if light_ground is None and sheet is None and TINY_SIDE < min(grey.shape) < PHOTO_SIDE:
+        # A small photo (a thumbnail, a digit cut small out of a distant shot) is enlarged to
+        # photo size first: the steps below smooth, measure paper grain and grow faint strokes at
+        # a photo's scale, and at 30 pixels a side the grain of pencil on paper is read as strokes.
+        grey = enlarged(grey, int(np.ceil(PHOTO_SIDE / min(grey.shape))))
     bg = background(grey)
     ink = darkness(grey, bg)
     ink = fill_thick_strokes(grey, ink)
@@ -188,7 +193,7 @@ def background(grey: np.ndarray) -> np.ndarray:
     h, w = grey.shape
     # A quarter of the side is wider than any pen stroke in a photo; small images (a tight crop,
     # an MNIST digit) have relatively wider strokes, so there the square takes 40%.
-    k = max(3, int((0.25 if min(h, w) >= 64 else 0.4) * min(h, w)))
+    k = max(3, int((0.25 if min(h, w) >= PHOTO_SIDE else 0.4) * min(h, w)))
     smooth = ndimage.gaussian_filter(grey, 1.0)
     bg = ndimage.minimum_filter(ndimage.maximum_filter(smooth, size=k), size=k)
     # Smoothing softens a hard shadow edge by a pixel, which would leave a thin line of "ink" along
@@ -235,7 +240,7 @@ def seed_choice(mass: np.ndarray, boxes: list, shape: tuple[int, int]) -> tuple[
     """
     best = int(np.argmax(mass))
     h, w = shape
-    if min(h, w) < 64:
+    if min(h, w) < PHOTO_SIDE:
         return best, np.zeros(len(mass), bool)
     border = np.array([ys.start == 0 or xs.start == 0 or ys.stop == h or xs.stop == w for ys, xs in boxes])
     if not border[best] or border.all():
