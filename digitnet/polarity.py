@@ -12,7 +12,7 @@ from PIL import Image
 from scipy import ndimage
 
 from digitnet.images import small_copy
-from digitnet.sheet import otsu_level
+from digitnet.sheet import otsu_level, rectangle_fit
 
 # A clean digit image (a dataset's digit, a screenshot, a drawing) has a ground of one exact value:
 # it holds this share of the image and of its outer ring, at one end of the grey range.
@@ -91,3 +91,32 @@ def dark_ink(grey: np.ndarray) -> bool:
         # likelier photo.
         return bool(light < 2 * dark + 1e-3 * s.size)
     return bool(dark >= light)
+
+
+def light_patch(grey: np.ndarray) -> bool:
+    """A light patch with writing in it on a darker surround: a slip or a sheet on a desk that
+    `sheet.paper_only` did not take (a hard shadow cuts its lit part into no clean quadrilateral,
+    or the photo is too small to look for one), not chalk on a board, whose polarity it shares.
+
+    The largest light region (Otsu's level, its holes filled) covers 5-70% of the photo and
+    little of its frame, is nearly all light, compact (it fills 60% of its smallest rectangle) and
+    holds dark marks of some 4% of it or more that are strokes: a fat chalk 0, 8 or 9 also holds
+    dark marks, but they are its loops, holes far wider than any pen's line.
+    """
+    s = ndimage.gaussian_filter(small_copy(grey, 256), 1.0)
+    light = ndimage.binary_opening(s > otsu_level(s), np.ones((3, 3)), iterations=2)
+    labels, n = ndimage.label(light)
+    if n == 0:
+        return False
+    patch = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    filled = ndimage.binary_fill_holes(patch)
+    marks = filled & ~light  # the paper inside a written 0 or 8 is light, not a mark
+    ring = np.ones(s.shape, bool)
+    ring[2:-2, 2:-2] = False
+    if not (0.05 <= filled.mean() <= 0.7 and filled[ring].mean() <= 0.25
+            and patch.sum() >= 0.8 * filled.sum() and marks.sum() >= 0.04 * filled.sum()):
+        return False
+    if float(ndimage.distance_transform_edt(marks).max()) > 0.1 * np.sqrt(filled.sum()):
+        return False
+    fill, aspect = rectangle_fit(filled)
+    return fill >= 0.6 and aspect <= 6.0

@@ -26,7 +26,7 @@ from digitnet.display import panel, unblock
 from digitnet.errors import DigitnetError
 from digitnet.images import enlarged, small_copy
 from digitnet.lines import remove_lines
-from digitnet.polarity import dark_ink, flat_ground
+from digitnet.polarity import dark_ink, flat_ground, light_patch
 from digitnet.sheet import paper_only
 
 # Larger images are reduced to this longest side before any analysis: digits need far fewer pixels,
@@ -118,8 +118,11 @@ def ink_map(image) -> np.ndarray:
         grey = unblock(grey)
     grey, sheet = paper_only(panel(small_copy(grey, WORK_SIDE)))
     light_ground = flat_ground(grey) if sheet is None else None
-    # A sheet found on a desk is light paper with dark writing (the finder looks for just that).
-    if sheet is None and not (dark_ink(grey) if light_ground is None else light_ground):
+    # A sheet found on a desk is light paper with dark writing (the finder looks for just that),
+    # and so is a light patch with writing on a darker surround, a slip it missed: a dark ring
+    # round a light middle would otherwise read as a board, and the whole slip become the "digit".
+    if sheet is None and not (dark_ink(grey) if light_ground is None else light_ground) and not (
+            light_ground is None and light_patch(grey)):
         grey = 1 - grey  # chalk on a board: make it dark ink on light, one path for both
     if light_ground is not None and max(grey.shape) <= TINY_SIDE:
         # No paper, light or lines to take out, and at 8 pixels the photo steps' windows (3 pixels

@@ -255,3 +255,32 @@ def test_a_light_loop_digit_on_a_flat_dark_ground_is_no_sheet(default_model):
     assert all(paper_only(to_grey(p))[1] is None for p in photos)
     read = default_model.predict(np.stack([to_mnist(p) for p in photos])).argmax(1)
     assert read.tolist() == y[items].tolist()
+
+
+def test_a_slip_too_small_to_look_for_is_still_paper():
+    # Under 96 pixels a side the sheet finder does not look; the dark desk round the light slip
+    # made the photo a board with light ink, and the whole slip became the "digit".
+    from digitnet.polarity import light_patch
+
+    photo = on_desk(seven(size=(160, 180)), 40, 6.0, (120, 90)).resize((105, 95), Image.LANCZOS)
+    plain = on_desk(seven(size=(160, 180)), 235, 6.0, (120, 90)).resize((105, 95), Image.LANCZOS)
+    assert light_patch(to_grey(photo))
+    assert similar(to_mnist(photo), to_mnist(plain)) > 0.85
+
+
+@pytest.mark.parametrize("digit", ["8", "9"])
+def test_fat_chalk_with_loops_is_no_slip(digit):
+    # A fat chalk 8 or 9 is a light patch holding dark marks too, but they are its loops: wide
+    # holes of board, not a pen's strokes.
+    from digitnet.polarity import light_patch
+
+    im = Image.new("L", (240, 240), 45)
+    draw = ImageDraw.Draw(im)
+    draw.ellipse([70, 20, 170, 120], outline=225, width=34)
+    if digit == "8":
+        draw.ellipse([60, 110, 180, 225], outline=225, width=34)
+    else:
+        draw.line([(165, 70), (130, 225)], fill=225, width=34)
+    im = with_noise(im, sigma=6.0)
+    assert not light_patch(to_grey(im))
+    assert to_mnist(im).mean() < 60  # the strokes are the digit, not the board between them
