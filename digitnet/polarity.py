@@ -2,8 +2,10 @@
 
     flat_ground(grey) -> True / False for a clean image (its ground of one exact value decides), None for a photo
     dark_ink(grey)    -> True / False from the photo's ring and its ink's excess over the paper
+    light_patch(grey) -> True for a slip of paper with writing on a darker desk (not a board)
 
-preprocess.ink_map asks flat_ground first, then dark_ink; a sheet found on a desk settles it before either.
+preprocess.ink_map asks flat_ground first, then dark_ink, and before turning a photo round as chalk
+on a board, light_patch; a sheet found on a desk settles it before any.
 """
 from __future__ import annotations
 
