@@ -19,7 +19,8 @@ PHOTO_SIDE = 64
 def normalise(ink: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
     """Soft threshold above the paper's noise, stretch so strong ink reaches 1; drop specks and borders.
 
-    `region` (bool, ink's shape) limits the paper statistics to the sheet when a desk was painted over.
+    `region` (bool, ink's shape) limits the paper statistics to the paper still seen: the sheet when a
+    desk was painted over, less what ruled lines took with them (preprocess.ink_map).
     """
     raw = ink
     photo = min(ink.shape) >= PHOTO_SIDE
