@@ -13,12 +13,14 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from digitnet.images import small_copy
+from digitnet.images import enlarged, small_copy
 from digitnet.sheet import otsu_level, rectangle_fit
 
 # A clean digit image (a dataset's digit, a screenshot, a drawing) has a ground of one exact value:
 # it holds this share of the image and of its outer ring, at one end of the grey range.
 FLAT_SHARE, FLAT_RING = 0.15, 0.25
+# Photos are judged against a local paper level, measured on a copy of this many pixels a side.
+LOCAL_SIDE = 48
 
 
 def flat_ground(grey: np.ndarray) -> bool | None:
@@ -53,6 +55,11 @@ def dark_ink(grey: np.ndarray) -> bool:
     excess beyond the noise, around a local paper level, is the ink.
     """
     s = small_copy(grey, 256)
+    if min(s.shape) < LOCAL_SIDE:
+        # A small photo (a thumbnail, a digit cut small out of a shot) is looked at enlarged: the
+        # paper level below follows a shadow only from LOCAL_SIDE pixels up; under it, one median
+        # for the whole photo made its lit part "light ink" whenever a shadow covered half of it.
+        s = enlarged(s, int(np.ceil(LOCAL_SIDE / min(s.shape))))
     ring = max(1, min(s.shape) // 20)
     border = np.concatenate([s[:ring].ravel(), s[-ring:].ravel(), s[:, :ring].ravel(), s[:, -ring:].ravel()])
     lean = float(np.median(border) - np.median(s))
@@ -71,12 +78,10 @@ def dark_ink(grey: np.ndarray) -> bool:
         # A shadow splits the ring, but the middle is far darker than it: fat dark strokes fill the
         # photo. The test below would fail here, as its local paper level follows such strokes.
         return True
-    if min(s.shape) >= 48:  # paper level from a median over 40% of the side, taken on a 48-pixel copy
-        coarse = small_copy(s, 48)
-        level = ndimage.median_filter(coarse, size=max(3, int(0.4 * min(coarse.shape))), mode="reflect")
-        res = s - np.asarray(Image.fromarray(level, "F").resize(s.shape[::-1], Image.BILINEAR))
-    else:
-        res = s - np.median(s)
+    # The paper level: a median over 40% of the side, taken on a LOCAL_SIDE-pixel copy.
+    coarse = small_copy(s, LOCAL_SIDE)
+    level = ndimage.median_filter(coarse, size=max(3, int(0.4 * min(coarse.shape))), mode="reflect")
+    res = s - np.asarray(Image.fromarray(level, "F").resize(s.shape[::-1], Image.BILINEAR))
     sigma = 1.4826 * np.median(np.abs(res - np.median(res))) + 1e-3
     dark = np.clip(-res - 3 * sigma, 0, None).sum()
     light = np.clip(res - 3 * sigma, 0, None).sum()

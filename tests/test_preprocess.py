@@ -173,6 +173,21 @@ def test_a_hard_shadow_across_a_small_digit_does_not_flip_the_ink(make_realistic
     assert dark_ink(to_grey(im)) == dark
 
 
+@pytest.mark.parametrize("seed, item, fonts, dark", [(16, 359, False, True), (13, 394, False, True),
+                                                    (6, 160, False, True), (12, 800, True, True),
+                                                    (9, 32, False, False), (9, 378, False, False)])
+def test_a_hard_shadow_across_a_small_photo_does_not_flip_the_ink(make_realistic, mnist_test, seed, item, fonts,
+                                                                   dark):
+    # Photos 24-52 pixels a side, a shadow over part of each: under 48 pixels the paper level was
+    # one median for the whole photo, the lit part stood out as "light ink" and all four were read
+    # as chalk on a board. Looked at enlarged, the local level follows the shadow. Small chalk
+    # photos (32x28, 38x37) stay light ink.
+    im, _, _, style = make_realistic.make_single(item, seed, *mnist_test,
+                                                 make_realistic.handwriting_fonts() if fonts else None)
+    assert min(im.size) < 48 and (style == "chalk") == (not dark)
+    assert dark_ink(to_grey(im)) == dark
+
+
 def test_bold_digits_reaching_the_frame_are_dark_ink(make_realistic, mnist_test, default_model):
     # A bold font filling a photo's height on squared paper: the strokes split the photo's ring and
     # the local-paper test was a tie (12.5 against 14.3), called for light ink; the whole number was
