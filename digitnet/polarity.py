@@ -81,7 +81,8 @@ def dark_ink(grey: np.ndarray) -> bool:
     # The paper level: a median over 40% of the side, taken on a LOCAL_SIDE-pixel copy.
     coarse = small_copy(s, LOCAL_SIDE)
     level = ndimage.median_filter(coarse, size=max(3, int(0.4 * min(coarse.shape))), mode="reflect")
-    res = s - np.asarray(Image.fromarray(level, "F").resize(s.shape[::-1], Image.BILINEAR))
+    paper = np.asarray(Image.fromarray(level, "F").resize(s.shape[::-1], Image.BILINEAR))
+    res = s - paper
     sigma = 1.4826 * np.median(np.abs(res - np.median(res))) + 1e-3
     dark = np.clip(-res - 3 * sigma, 0, None).sum()
     light = np.clip(res - 3 * sigma, 0, None).sum()
@@ -97,7 +98,6 @@ def dark_ink(grey: np.ndarray) -> bool:
         # where the level is steady (it changes by under 0.1 across 5% of the side) vote. Even so
         # a light digit must clearly outweigh the dark side, and with next to no excess either way
         # (faint pencil), paper with dark writing is the far likelier photo.
-        paper = s - res
         k = max(3, int(0.05 * min(s.shape)))
         steady = ndimage.maximum_filter(paper, k) - ndimage.minimum_filter(paper, k) < 0.1
         dark = np.clip(-res[steady] - 3 * sigma, 0, None).sum()

@@ -149,9 +149,8 @@ def ink_map(image) -> np.ndarray:
     # are 10% darker than their paper or more; line removal also zeroes the faintest grain, a few %.)
     taken = np.zeros(ink.shape, bool)
     taken[page] = (ink[page] == 0) & (lined > 0.1)
-    if taken.any():
-        sheet = ~taken if sheet is None else sheet & ~taken
-    return normalise(ink, sheet)
+    seen = ~taken if sheet is None else sheet & ~taken
+    return normalise(ink, seen if taken.any() else sheet)
 
 
 def darkness(grey: np.ndarray, bg: np.ndarray) -> np.ndarray:
