@@ -118,9 +118,11 @@ def check_header(im: Image.Image, name: str, max_pixels: int = MAX_PIXELS) -> No
                             f"save one frame as PNG or JPEG")
 
 
-def enlarged(a: np.ndarray, factor: int) -> np.ndarray:
-    """Bicubic copy `factor` times larger each way, values kept in [0, 1]."""
+def enlarged(a: np.ndarray, side: int) -> np.ndarray:
+    """Bicubic copy enlarged by the whole factor that brings its short side to `side` or more,
+    values kept in [0, 1]. (A whole factor keeps every pixel's footprint the same.)"""
     h, w = a.shape
+    factor = int(np.ceil(side / min(h, w)))
     big = Image.fromarray(a.astype(np.float32), "F").resize((w * factor, h * factor), Image.BICUBIC)
     return np.asarray(big, dtype=np.float32).clip(0, 1)
 

@@ -28,7 +28,7 @@ def remove_lines(ink: np.ndarray) -> np.ndarray:
         return find_and_remove(ink)
     if min(h, w) < 8:
         return ink
-    big = enlarged(ink, int(np.ceil(SEARCH_SIDE / min(h, w))))
+    big = enlarged(ink, SEARCH_SIDE)
     removed = big - find_and_remove(big)
     if not removed.any():
         return ink

@@ -59,7 +59,7 @@ def dark_ink(grey: np.ndarray) -> bool:
         # A small photo (a thumbnail, a digit cut small out of a shot) is looked at enlarged: the
         # paper level below follows a shadow only from LOCAL_SIDE pixels up; under it, one median
         # for the whole photo made its lit part "light ink" whenever a shadow covered half of it.
-        s = enlarged(s, int(np.ceil(LOCAL_SIDE / min(s.shape))))
+        s = enlarged(s, LOCAL_SIDE)
     ring = max(1, min(s.shape) // 20)
     border = np.concatenate([s[:ring].ravel(), s[-ring:].ravel(), s[:, :ring].ravel(), s[:, -ring:].ravel()])
     lean = float(np.median(border) - np.median(s))

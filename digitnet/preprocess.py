@@ -133,7 +133,7 @@ def ink_map(image) -> np.ndarray:
         # A small photo (a thumbnail, a digit cut small out of a distant shot) is enlarged to
         # photo size first: the steps below smooth, measure paper grain and grow faint strokes at
         # a photo's scale, and at 30 pixels a side the grain of pencil on paper is read as strokes.
-        grey = enlarged(grey, int(np.ceil(PHOTO_SIDE / min(grey.shape))))
+        grey = enlarged(grey, PHOTO_SIDE)
     bg = background(grey)
     ink = darkness(grey, bg)
     ink = fill_thick_strokes(grey, ink)
