@@ -150,7 +150,7 @@ def ink_map(image) -> np.ndarray:
     taken = np.zeros(ink.shape, bool)
     taken[page] = (ink[page] == 0) & (lined > 0.1)
     seen = ~taken if sheet is None else sheet & ~taken
-    return normalise(ink, seen if taken.any() else sheet)
+    return normalise(ink, seen if taken.any() else sheet, sheet)
 
 
 def darkness(grey: np.ndarray, bg: np.ndarray) -> np.ndarray:
