@@ -82,16 +82,16 @@ def grow_faint_strokes(raw: np.ndarray, out: np.ndarray, peak: float, region: np
     support = np.zeros(coarse.shape, bool)
     for k in LEVELS:
         above = coarse > cbase + max(k * csigma, 0.02)
-        labels, n = ndimage.label(above, structure=np.ones((3, 3)))
+        labels, _ = ndimage.label(above, structure=np.ones((3, 3)))
         seeded = set(np.unique(labels[((out > 0.5) | support) & above]).tolist()) - {0}
         seeded -= set(np.unique(labels[edge]).tolist())
         if seeded:
             support |= np.isin(labels, sorted(seeded))
     if not support.any():
         return out
-    # Within those regions, a pixel is stroke 2 sigma above the paper (on noiseless paper, 3% of
-    # the ink's level: a stroke's blurred rim is not a faint stroke). The
-    # stroke's pixels are read a little smoothed, so grainy pencil comes back whole, not in specks.
+    # Within those regions, a pixel is stroke 2 sigma above the paper (on noiseless paper, 3% of the
+    # ink's level: a stroke's blurred rim is not a faint stroke). The stroke's pixels are read a
+    # little smoothed, so grainy pencil comes back whole, not in specks.
     medium, mbase, msigma = smoothed(1.0)
     grown = support & (medium > mbase + max(2 * msigma, 0.03 * (peak - mbase)))
     fine = np.clip((medium - mbase) / max(peak - mbase, 1e-6), 0, 1)
